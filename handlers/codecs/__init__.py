@@ -1,0 +1,33 @@
+"""Codecs: request bodies to model inputs and model outputs to response bodies.
+
+A codec is a small object with a ``media_type`` and ``decode`` and/or ``encode`` (see
+:class:`Decoder` and :class:`Encoder`). :func:`default_codecs` builds the registry of the
+built-in ones; serving negotiates Content-Type and Accept against that registry, so a codec
+registered there behaves exactly like a built-in one.
+"""
+
+from __future__ import annotations
+
+from .csv_codec import CsvCodec
+from .json_codecs import JsonCodec, JsonLinesCodec
+from .numpy_codecs import NpyCodec, NpzCodec
+from .registry import CodecRegistry, Decoder, DuplicateMediaType, Encoder
+
+
+def default_codecs() -> CodecRegistry:
+    """A new registry holding the built-in codecs, JSON first."""
+    return CodecRegistry([JsonCodec(), JsonLinesCodec(), CsvCodec(), NpyCodec(), NpzCodec()])
+
+
+__all__ = [
+    "CodecRegistry",
+    "CsvCodec",
+    "Decoder",
+    "DuplicateMediaType",
+    "Encoder",
+    "JsonCodec",
+    "JsonLinesCodec",
+    "NpyCodec",
+    "NpzCodec",
+    "default_codecs",
+]

@@ -1,0 +1,66 @@
+"""``text/csv``: one record a line, no header, numbers only.
+
+Requests decode to one ``float64`` array of shape ``[records, columns]`` (the handler casts
+it to the model's dtype, refusing fractions for integer inputs). Lines may end with ``\\n``
+or ``\\r\\n``; empty lines are skipped. Responses hold one line per record: each output
+flattened per record, the outputs side by side in model order; floats in their shortest
+round-trip form, booleans as ``1``/``0``.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from ..errors import InvalidInput
+from ..tensors import Array, Inputs, Outputs
+from .json_codecs import record_count
+
+
+class CsvCodec:
+    media_type = "text/csv"
+
+    def decode(self, body: bytes) -> Inputs:
+        if not body.strip():
+            raise InvalidInput("text/csv body has no records")
+        try:
+            return np.loadtxt(
+                io.BytesIO(body), delimiter=",", dtype=np.float64, ndmin=2, comments=None
+            )
+        except ValueError as exc:
+            raise InvalidInput(_diagnose(body)) from exc
+
+    def encode(self, outputs: Outputs) -> bytes:
+        count = record_count(outputs, self.media_type)
+        columns = [_as_text(array.reshape(count, -1)) for array in outputs.values()]
+        table = np.concatenate(columns, axis=1) if len(columns) > 1 else columns[0]
+        return "".join(",".join(row) + "\n" for row in table.tolist()).encode()
+
+
+def _as_text(array: Array) -> Array:
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    # numpy's float-to-string cast gives the shortest text that reads back to the same
+    # value for the array's own precision ("0.1" for float32, not "0.10000000149011612").
+    return array.astype(str)
+
+
+def _diagnose(body: bytes) -> str:
+    """Find the first bad line for the client; only runs once numpy has refused the body."""
+    width = None
+    for number, line in enumerate(body.decode("utf-8", "replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split(",")
+        for column, field in enumerate(fields, start=1):
+            try:
+                float(field)
+            except ValueError:
+                value = field.strip()[:40]
+                return f"text/csv line {number}, column {column}: {value!r} is not a number"
+        if width is None:
+            width = len(fields)
+        elif len(fields) != width:
+            return f"text/csv line {number} has {len(fields)} values, earlier lines have {width}"
+    return "text/csv body could not be read as numbers"

@@ -1,0 +1,186 @@
+"""``application/json`` and ``application/jsonlines``.
+
+Request forms (a JSON body; in JSON Lines each line is one record in the same forms):
+
+* a bare (nested) array: the model's one input, as is;
+* ``{"instances": [...]}``, each instance an array, ``{"features": [...]}``,
+  ``{"data": {"features": {"values": [...]}}}`` (SageMaker's built-in forms) or an object of
+  named inputs for one row; instances are stacked along a new first (batch) axis;
+* ``{"inputs": {"name": array, ...}}`` for named inputs, or ``{"inputs": array}``.
+
+Responses: ``{"predictions": ...}`` for a model with one output, ``{"outputs": {"name": ...}}``
+for several; JSON Lines writes one such object per record (row of the first axis).
+
+Non-finite numbers: requests must be strict JSON (RFC 8259), so ``NaN`` and ``Infinity``
+literals are refused as malformed; non-finite outputs are written as ``null``, which every
+JSON parser reads. Use ``application/x-npy`` to get them exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+
+from ..errors import InvalidInput, NotAcceptable
+from ..tensors import Array, Inputs, Outputs, as_numeric_array
+
+_DUMP_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+
+Record = Any  # one row of the model's one input, or a dict of rows by input name
+
+
+def _loads(text: bytes, where: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"{where}is not valid JSON: {exc}") from exc
+
+
+def _dumps(document: Any) -> bytes:
+    return orjson.dumps(document, default=_to_builtin, option=_DUMP_OPTIONS)
+
+
+def _to_builtin(value: Any) -> Any:
+    # orjson serializes C-contiguous arrays of common dtypes itself; the rest lands here.
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    raise TypeError(f"cannot serialize {type(value).__name__}")
+
+
+def _instance_record(instance: Any, where: str) -> Record:
+    if not isinstance(instance, dict):
+        return instance
+    if "features" in instance:
+        return instance["features"]
+    if "data" in instance:
+        try:
+            return instance["data"]["features"]["values"]
+        except (KeyError, TypeError) as exc:
+            raise InvalidInput(
+                f'{where}"data" must be {{"features": {{"values": [...]}}}}'
+            ) from exc
+    return instance
+
+
+def _assemble(records: list[Record], what: str) -> Inputs:
+    """Stack records along a new batch axis: one array, or one array per input name."""
+    if not records:
+        raise InvalidInput(f"{what}: no records")
+    named = [isinstance(record, dict) for record in records]
+    if not any(named):
+        return as_numeric_array(records, what)
+    if not all(named):
+        raise InvalidInput(f"{what}: mixes arrays and objects of named inputs")
+    names = list(records[0])
+    for index, record in enumerate(records):
+        if set(record) != set(names):
+            raise InvalidInput(
+                f"{what}: record {index} has inputs {sorted(record)}, record 0 has {sorted(names)}"
+            )
+    return {
+        name: as_numeric_array([record[name] for record in records], f"input {name!r}")
+        for name in names
+    }
+
+
+def _named_inputs(inputs: dict[str, Any]) -> dict[str, Array]:
+    if not inputs:
+        raise InvalidInput('"inputs" is empty')
+    return {name: as_numeric_array(value, f"input {name!r}") for name, value in inputs.items()}
+
+
+def decode_document(document: Any) -> Inputs:
+    """Decode one parsed JSON request body (see the module docstring for the forms)."""
+    if isinstance(document, list):
+        return as_numeric_array(document, "body")
+    if isinstance(document, dict):
+        if "instances" in document:
+            instances = document["instances"]
+            if not isinstance(instances, list):
+                raise InvalidInput('"instances" must be an array')
+            return _assemble(
+                [_instance_record(item, f"instance {i}: ") for i, item in enumerate(instances)],
+                "instances",
+            )
+        if "inputs" in document:
+            inputs = document["inputs"]
+            if isinstance(inputs, dict):
+                return _named_inputs(inputs)
+            return as_numeric_array(inputs, '"inputs"')
+    raise InvalidInput(
+        'expected a JSON array, {"instances": [...]} or {"inputs": {"name": [...]}}, '
+        f"got {_shape_of(document)}"
+    )
+
+
+def _shape_of(document: Any) -> str:
+    if isinstance(document, dict):
+        keys = ", ".join(repr(key) for key in list(document)[:5])
+        return f"an object with keys {keys}" if keys else "an empty object"
+    return f"a JSON {type(document).__name__}"
+
+
+def _response(outputs: Outputs) -> dict[str, Any]:
+    if len(outputs) == 1:
+        return {"predictions": next(iter(outputs.values()))}
+    return {"outputs": outputs}
+
+
+class JsonCodec:
+    media_type = "application/json"
+
+    def decode(self, body: bytes) -> Inputs:
+        return decode_document(_loads(body, "body "))
+
+    def encode(self, outputs: Outputs) -> bytes:
+        return _dumps(_response(outputs))
+
+
+class JsonLinesCodec:
+    """One record a line; empty lines are skipped, ``\\n`` and ``\\r\\n`` both end a line."""
+
+    media_type = "application/jsonlines"
+
+    def decode(self, body: bytes) -> Inputs:
+        records: list[Record] = []
+        for number, line in enumerate(body.splitlines(), start=1):
+            if not line.strip():
+                continue
+            where = f"line {number}: "
+            document = _loads(line, where)
+            if isinstance(document, dict) and "instances" in document:
+                instances = document["instances"]
+                if not isinstance(instances, list):
+                    raise InvalidInput(f'{where}"instances" must be an array')
+                records.extend(_instance_record(item, where) for item in instances)
+            elif isinstance(document, dict) and isinstance(document.get("inputs"), dict):
+                records.append(document["inputs"])
+            else:
+                records.append(_instance_record(document, where))
+        return _assemble(records, "JSON Lines")
+
+    def encode(self, outputs: Outputs) -> bytes:
+        count = record_count(outputs, self.media_type)
+        lines = [
+            _dumps(_response({name: array[row] for name, array in outputs.items()}))
+            for row in range(count)
+        ]
+        return b"\n".join(lines) + b"\n" if lines else b""
+
+
+def record_count(outputs: Outputs, media_type: str) -> int:
+    """The number of records (rows of the first axis) shared by every output.
+
+    Record-per-line formats need it; a scalar output or outputs of different lengths cannot
+    be written one record a line, which is the client's choice of format to change.
+    """
+    counts = {name: array.shape[0] if array.ndim else None for name, array in outputs.items()}
+    if None in counts.values() or len(set(counts.values())) > 1:
+        shapes = ", ".join(f"{name} {list(array.shape)}" for name, array in outputs.items())
+        raise NotAcceptable(
+            f"{media_type} writes one line per record, but the outputs do not share a first "
+            f"(record) axis: {shapes}; ask for application/json instead"
+        )
+    return next(iter(counts.values())) or 0

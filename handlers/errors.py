@@ -1,0 +1,60 @@
+"""The one exception hierarchy of the framework.
+
+Every error a request can meet is a :class:`ServingError` with its HTTP status as a class
+attribute. ``serving`` maps the whole hierarchy to responses in one place, so handlers and
+codecs raise these and never build responses themselves. The message is what the client
+reads: say what was wrong (which input, the expected and the actual), never include a
+traceback.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import ClassVar
+
+
+class ServingError(Exception):
+    """Base of every error that becomes an HTTP response."""
+
+    status: ClassVar[HTTPStatus] = HTTPStatus.INTERNAL_SERVER_ERROR
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(ServingError):
+    """The body could not be decoded, or does not fit the model's declared inputs."""
+
+    status = HTTPStatus.BAD_REQUEST
+
+
+class PayloadTooLarge(ServingError):
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+
+class UnsupportedMediaType(ServingError):
+    status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+
+
+class NotAcceptable(ServingError):
+    """No encoder satisfies the request's Accept, or the result cannot be written in it."""
+
+    status = HTTPStatus.NOT_ACCEPTABLE
+
+
+class ModelFailed(ServingError):
+    """The model itself raised while running on valid input."""
+
+    status = HTTPStatus.INTERNAL_SERVER_ERROR
+
+
+class NotReady(ServingError):
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+
+
+class ModelLoadError(Exception):
+    """The model could not be loaded; the worker exits with this message logged.
+
+    Not a :class:`ServingError`: it never reaches a client, it stops the worker.
+    """

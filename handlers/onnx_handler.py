@@ -1,0 +1,202 @@
+"""The ONNX handler: one onnxruntime session per worker, inputs checked against the model."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .base import Handler, InvocationContext
+from .errors import InvalidInput, ModelFailed, ModelLoadError
+from .tensors import Array, Inputs, Outputs, describe, is_numeric
+
+log = logging.getLogger(__name__)
+
+#: ONNX tensor element types this handler serves, and the numpy dtype of each.
+ONNX_TO_NUMPY: dict[str, np.dtype[Any]] = {
+    f"tensor({onnx_name})": np.dtype(numpy_name)
+    for onnx_name, numpy_name in {
+        "float": "float32",
+        "double": "float64",
+        "float16": "float16",
+        "int8": "int8",
+        "int16": "int16",
+        "int32": "int32",
+        "int64": "int64",
+        "uint8": "uint8",
+        "uint16": "uint16",
+        "uint32": "uint32",
+        "uint64": "uint64",
+        "bool": "bool",
+    }.items()
+}
+
+#: Model error messages are cut to this length: SageMaker passes at most 2048 characters of a
+#: container's error body on to the caller.
+MAX_MODEL_MESSAGE = 1000
+
+Dim = int | str | None
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input as declared: name, dtype and shape (``None``/names for free dims)."""
+
+    name: str
+    dtype: np.dtype[Any]
+    shape: tuple[Dim, ...]
+
+    def shape_text(self) -> str:
+        return "[" + ", ".join(str(d) if d not in (None, "") else "?" for d in self.shape) + "]"
+
+    def conform(self, array: Array) -> Array:
+        """``array`` cast to this input's dtype, or :class:`InvalidInput` saying why not."""
+        what = f"input {self.name!r}"
+        if len(array.shape) != len(self.shape):
+            raise InvalidInput(
+                f"{what} expects rank {len(self.shape)} {self.shape_text()}, "
+                f"got rank {array.ndim} {list(array.shape)}"
+            )
+        for axis, (want, got) in enumerate(zip(self.shape, array.shape, strict=True)):
+            if isinstance(want, int) and want > 0 and want != got:
+                raise InvalidInput(
+                    f"{what} expects shape {self.shape_text()}, got {list(array.shape)} "
+                    f"(dimension {axis} must be {want})"
+                )
+        return self._cast(array, what)
+
+    def _cast(self, array: Array, what: str) -> Array:
+        if array.dtype == self.dtype:
+            return array
+        if not is_numeric(array):
+            raise InvalidInput(f"{what} expects {self.dtype}, got {describe(array)}")
+        cast = array.astype(self.dtype)
+        # Narrowing floats is how float64 JSON/CSV numbers reach float32 models; anything else
+        # that can lose information (fractions to integers, 2 to bool, int64 overflowing
+        # int32) must round-trip exactly.
+        lossy = not np.can_cast(array.dtype, self.dtype, "safe") and self.dtype.kind != "f"
+        if lossy and not np.array_equal(cast, array):
+            raise InvalidInput(
+                f"{what} expects {self.dtype}; the {array.dtype} values sent do not all "
+                f"convert exactly (fractions, out-of-range values, or non-0/1 for bool)"
+            )
+        return cast
+
+
+def find_model_file(model_dir: Path, model_file: str | None) -> Path:
+    """The ONNX file to load: ``model_file`` if named, else the one ``*.onnx`` in the dir."""
+    if not model_dir.is_dir():
+        raise ModelLoadError(f"model directory {model_dir} does not exist")
+    if model_file:
+        path = model_dir / model_file
+        if not path.is_file():
+            raise ModelLoadError(f"model file {path} does not exist")
+        return path
+    found = sorted(model_dir.glob("*.onnx"))
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        listing = ", ".join(sorted(p.name for p in model_dir.iterdir())[:10]) or "nothing"
+        raise ModelLoadError(f"no *.onnx file in {model_dir} (it holds: {listing})")
+    names = ", ".join(p.name for p in found)
+    raise ModelLoadError(
+        f"{len(found)} *.onnx files in {model_dir} ({names}); name one with SERVING_MODEL_FILE"
+    )
+
+
+class OnnxHandler(Handler):
+    """Serves the model directory's ONNX file with onnxruntime."""
+
+    session: Any
+    inputs: list[TensorSpec]
+    output_names: list[str]
+    _invalid_argument: type[Exception]
+
+    def load(self) -> None:
+        import onnxruntime as ort  # here, not at import: only workers pay for it
+
+        path = find_model_file(self.config.model_dir, self.config.model_file)
+        available = ort.get_available_providers()
+        missing = [p for p in self.config.providers if p not in available]
+        if missing:
+            raise ModelLoadError(
+                f"execution providers {', '.join(missing)} are not available in this "
+                f"onnxruntime (available: {', '.join(available)})"
+            )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.config.threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only: warnings go to stdout, one per node
+        try:
+            self.session = ort.InferenceSession(
+                str(path), options, providers=list(self.config.providers)
+            )
+        except Exception as exc:  # onnxruntime raises its own classes for every load failure
+            raise ModelLoadError(f"onnxruntime cannot load {path}: {exc}") from exc
+        self._invalid_argument = ort.capi.onnxruntime_pybind11_state.InvalidArgument
+        self.inputs = [self._spec(arg) for arg in self.session.get_inputs()]
+        self.output_names = self._tensor_outputs()
+        log.info(
+            "loaded %s: inputs %s, outputs %s, providers %s",
+            path,
+            ", ".join(f"{s.name} {s.dtype} {s.shape_text()}" for s in self.inputs),
+            ", ".join(self.output_names),
+            ", ".join(self.session.get_providers()),
+        )
+
+    @staticmethod
+    def _spec(arg: Any) -> TensorSpec:
+        dtype = ONNX_TO_NUMPY.get(arg.type)
+        if dtype is None:
+            raise ModelLoadError(
+                f"input {arg.name!r} has type {arg.type}; supported: {', '.join(ONNX_TO_NUMPY)}"
+            )
+        return TensorSpec(arg.name, dtype, tuple(arg.shape))
+
+    def _tensor_outputs(self) -> list[str]:
+        outputs = self.session.get_outputs()
+        names = [out.name for out in outputs if out.type in ONNX_TO_NUMPY]
+        skipped = [f"{out.name} ({out.type})" for out in outputs if out.type not in ONNX_TO_NUMPY]
+        if skipped:
+            log.warning("not serving non-tensor outputs: %s", ", ".join(skipped))
+        if not names:
+            raise ModelLoadError(f"the model has no tensor outputs ({', '.join(skipped)})")
+        return names
+
+    def feeds(self, inputs: Inputs) -> dict[str, Array]:
+        """Request data by model input name, each checked and cast."""
+        if not isinstance(inputs, dict):
+            if len(self.inputs) != 1:
+                names = ", ".join(spec.name for spec in self.inputs)
+                raise InvalidInput(
+                    f"the model has {len(self.inputs)} inputs ({names}); send them by name "
+                    '(JSON {"inputs": {"name": [...]}}, or application/x-npz)'
+                )
+            return {self.inputs[0].name: self.inputs[0].conform(inputs)}
+        known = {spec.name for spec in self.inputs}
+        unknown = sorted(set(inputs) - known)
+        if unknown:
+            raise InvalidInput(
+                f"unknown input {unknown[0]!r}; the model's inputs are {', '.join(sorted(known))}"
+            )
+        missing = [spec.name for spec in self.inputs if spec.name not in inputs]
+        if missing:
+            raise InvalidInput(f"missing input {missing[0]!r}")
+        return {spec.name: spec.conform(inputs[spec.name]) for spec in self.inputs}
+
+    def predict(self, inputs: Inputs, context: InvocationContext) -> Outputs:
+        feeds = self.feeds(inputs)
+        try:
+            results = self.session.run(self.output_names, feeds)
+        except self._invalid_argument as exc:  # a check onnxruntime makes that ours do not
+            raise InvalidInput(f"the model refused the input: {_cut(exc)}") from exc
+        except Exception as exc:  # whatever else the model raises is the model's failure
+            raise ModelFailed(f"the model failed: {_cut(exc)}") from exc
+        return dict(zip(self.output_names, results, strict=True))
+
+
+def _cut(exc: Exception) -> str:
+    return str(exc)[:MAX_MODEL_MESSAGE]

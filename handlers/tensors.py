@@ -1,0 +1,51 @@
+"""The data that flows between codecs and handlers."""
+
+from __future__ import annotations
+
+from typing import Any, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+
+from .errors import InvalidInput
+
+Array: TypeAlias = npt.NDArray[Any]
+
+#: What a decoder produces: one unnamed array (for a model with one input) or arrays by
+#: input name.
+Inputs: TypeAlias = Array | dict[str, Array]
+
+#: What a handler returns: arrays by output name, in the model's output order.
+Outputs: TypeAlias = dict[str, Array]
+
+#: numpy kinds a request may carry: bool, signed and unsigned integers, floats.
+NUMERIC_KINDS = frozenset("biuf")
+
+
+def describe(array: Array) -> str:
+    """``float32 [2, 4]``: how messages show an array to the client."""
+    return f"{array.dtype} {list(array.shape)}"
+
+
+def is_numeric(array: Array) -> bool:
+    return array.dtype.kind in NUMERIC_KINDS
+
+
+def as_numeric_array(data: Any, what: str) -> Array:
+    """Turn decoded JSON (nested lists) into an array, refusing ragged or non-numeric data.
+
+    ``what`` names the data in error messages (``"instances"``, ``"input 'x'"``).
+    """
+    try:
+        array = np.asarray(data)
+    except ValueError as exc:  # numpy refuses inhomogeneous nesting
+        raise InvalidInput(f"{what}: nested lists are ragged (rows of different lengths)") from exc
+    if not is_numeric(array):
+        raise InvalidInput(f"{what}: expected numbers or booleans, got {_kind_name(array)}")
+    return array
+
+
+def _kind_name(array: Array) -> str:
+    return {"U": "strings", "S": "strings", "O": "null or mixed values"}.get(
+        array.dtype.kind, str(array.dtype)
+    )

@@ -1,0 +1,60 @@
+"""The ``serving`` command (also ``python -m serving``).
+
+``serving serve [--flag VALUE ...]`` starts the server. Every flag has an environment
+variable (``serving serve --help`` lists both); flags win over the environment, which wins
+over the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from .settings import SETTINGS, Settings, SettingsError
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(
+        prog="serving", description="Serve a model over SageMaker's /ping and /invocations."
+    )
+    commands = root.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser(
+        "serve",
+        help="start the server",
+        description="Start the server. Each flag can also be set by its environment variable.",
+    )
+    for setting in SETTINGS:
+        help_text = f"{setting.help} [env {setting.env}; default {setting.default_text}]"
+        if setting.is_switch:
+            switch = argparse.BooleanOptionalAction
+            serve.add_argument(setting.flag, dest=setting.name, action=switch, help=help_text)
+        else:
+            serve.add_argument(setting.flag, dest=setting.name, metavar="VALUE", help=help_text)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = vars(parser().parse_args(argv))
+    flags = {
+        name: str(value).lower() if isinstance(value, bool) else value
+        for name, value in arguments.items()
+        if name != "command" and value is not None
+    }
+    try:
+        settings = Settings.from_sources(os.environ, flags)
+        # Imported here so `serving --help` and settings errors stay fast and light.
+        from .app import create_app
+        from .server import serve
+
+        app = create_app(settings)
+    except SettingsError as exc:
+        print(f"serving: error: {exc}", file=sys.stderr)
+        return 2
+    serve(app, settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""How many CPUs this process may really use: affinity and cgroup quota, not the host's count.
+
+``os.cpu_count()`` reports the host's CPUs; in a container limited to two of 96 CPUs it would
+start 96 workers. The limit is the smaller of the CPU affinity mask and the cgroup CPU quota
+(v2 ``cpu.max`` along this process's cgroup path, or v1 ``cpu.cfs_quota_us``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_SELF_CGROUP = Path("/proc/self/cgroup")
+
+
+def available_cpus(
+    cgroup_root: Path = CGROUP_ROOT, proc_self_cgroup: Path = PROC_SELF_CGROUP
+) -> int:
+    """Whole CPUs available to this process, at least 1 (a 1.5-CPU quota counts as 1)."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    quota = cgroup_cpu_quota(cgroup_root, proc_self_cgroup)
+    if quota is not None:
+        count = min(count or 1, math.floor(quota))
+    return max(1, count or 1)
+
+
+def cgroup_cpu_quota(cgroup_root: Path, proc_self_cgroup: Path) -> float | None:
+    """The tightest CPU quota (in CPUs) over this process's cgroups, or ``None`` if unlimited."""
+    quotas = [*_v2_quotas(cgroup_root, proc_self_cgroup), _v1_quota(cgroup_root)]
+    limits = [q for q in quotas if q is not None]
+    return min(limits) if limits else None
+
+
+def _v2_quotas(cgroup_root: Path, proc_self_cgroup: Path) -> list[float | None]:
+    # Every ancestor's limit applies too; inside a container's cgroup namespace the path is
+    # "/" and only the root file is read.
+    relative = "/"
+    try:
+        for line in proc_self_cgroup.read_text().splitlines():
+            if line.startswith("0::"):
+                relative = line[3:]
+    except OSError:
+        pass
+    directory = cgroup_root / relative.lstrip("/")
+    found = []
+    while True:
+        found.append(_read_cpu_max(directory / "cpu.max"))
+        if directory == cgroup_root or cgroup_root not in directory.parents:
+            return found
+        directory = directory.parent
+
+
+def _read_cpu_max(path: Path) -> float | None:
+    try:
+        quota, period = path.read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    return int(quota) / int(period)
+
+
+def _v1_quota(cgroup_root: Path) -> float | None:
+    for folder in ("cpu,cpuacct", "cpu"):
+        try:
+            quota = int((cgroup_root / folder / "cpu.cfs_quota_us").read_text())
+            period = int((cgroup_root / folder / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        return quota / period if quota > 0 else None
+    return None

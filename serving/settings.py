@@ -1,0 +1,321 @@
+"""Every setting of the server, in one table that drives flags, environment, defaults,
+validation and the README's configuration table.
+
+Precedence, lowest first: the default, the environment variable, the command-line flag.
+A value that does not parse stops the server at startup with the variable (or flag) and the
+value named; nothing falls back silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .cpus import available_cpus
+
+DEFAULT_MODEL_DIR = Path("/opt/ml/model")
+
+
+class SettingsError(ValueError):
+    """A setting's value is invalid; the message names the variable or flag and the value."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the settings table."""
+
+    name: str
+    env: str
+    flag: str
+    parse: Callable[[str], Any]
+    help: str
+    #: How the default reads in docs (defaults computed at startup describe themselves).
+    default_text: str
+    #: Applied to the environment variable's text before parsing (e.g. base dir -> model dir).
+    from_env: Callable[[str], str] = str
+    #: A flag without a value (``--log-pings``) instead of ``--flag VALUE``.
+    is_switch: bool = False
+
+
+def _setting(
+    default: Any,
+    env: str,
+    flag: str,
+    parse: Callable[[str], Any],
+    help: str,
+    *,
+    default_text: str | None = None,
+    from_env: Callable[[str], str] = str,
+    is_switch: bool = False,
+) -> Any:
+    meta = {
+        "setting": {
+            "env": env,
+            "flag": flag,
+            "parse": parse,
+            "help": help,
+            "default_text": default_text if default_text is not None else str(default),
+            "from_env": from_env,
+            "is_switch": is_switch,
+        }
+    }
+    return field(default=default, metadata=meta)
+
+
+# --- parsers: each takes the text and returns the value or raises ValueError(reason) ---
+
+
+def _integer(low: int, high: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError("not a whole number") from None
+        if value < low or (high is not None and value > high):
+            raise ValueError(f"must be between {low} and {high}" if high else f"must be >= {low}")
+        return value
+
+    return parse
+
+
+def _positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("not a boolean (true/false)")
+
+
+_MEDIA_TYPE = re.compile(r"^[\w.+-]+/[\w.+-]+$")
+
+
+def _media_type(text: str) -> str:
+    value = text.strip().lower()
+    if not _MEDIA_TYPE.match(value):
+        raise ValueError("not a media type such as application/json")
+    return value
+
+
+def _log_level(text: str) -> int:
+    value = text.strip()
+    if value.lstrip("-").isdigit():
+        level = int(value)
+        if not 0 <= level <= 50:
+            raise ValueError("a numeric log level must be between 0 and 50")
+        return level
+    level_by_name = logging.getLevelNamesMapping()
+    if value.upper() not in level_by_name:
+        raise ValueError("not a level name (DEBUG, INFO, WARNING, ERROR) or number (10-50)")
+    return level_by_name[value.upper()]
+
+
+def _providers(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not names:
+        raise ValueError("no execution provider named")
+    return names
+
+
+def _nonempty(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return text.strip()
+
+
+def _optional(text: str) -> str | None:
+    return text.strip() or None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The server's configuration: built once at startup, frozen, passed to everything."""
+
+    handler: str = _setting(
+        "onnx",
+        "SERVING_HANDLER",
+        "--handler",
+        _nonempty,
+        "Handler: a built-in name (onnx) or package.module:Class.",
+    )
+    model_dir: Path = _setting(
+        DEFAULT_MODEL_DIR,
+        "SAGEMAKER_BASE_DIR",
+        "--model-dir",
+        Path,
+        "Model directory. The environment variable names the base directory "
+        "(the model directory is its model/ folder), the flag the model directory itself.",
+        from_env=lambda base: base.rstrip("/") + "/model",
+    )
+    model_file: str | None = _setting(
+        None,
+        "SERVING_MODEL_FILE",
+        "--model-file",
+        _optional,
+        "Model file inside the model directory; by default the only *.onnx file there.",
+        default_text="the only *.onnx",
+    )
+    providers: tuple[str, ...] = _setting(
+        ("CPUExecutionProvider",),
+        "SERVING_PROVIDERS",
+        "--providers",
+        _providers,
+        "onnxruntime execution providers, comma-separated, in order of preference.",
+        default_text="CPUExecutionProvider",
+    )
+    host: str = _setting(
+        "0.0.0.0",  # noqa: S104 - a container must listen on every interface
+        "SERVING_HOST",
+        "--host",
+        _nonempty,
+        "Address to listen on.",
+    )
+    port: int = _setting(
+        8080,
+        "SAGEMAKER_BIND_TO_PORT",
+        "--port",
+        _integer(1, 65535),
+        "Port to listen on (SageMaker sets it for inference pipelines).",
+    )
+    workers: int = _setting(
+        0,
+        "SAGEMAKER_MODEL_SERVER_WORKERS",
+        "--workers",
+        _integer(0),
+        "Worker processes, each with its own copy of the model; 0 means one per CPU this "
+        "process may use (cgroup quota and affinity).",
+        default_text="0 (CPUs available)",
+    )
+    inference_threads: int = _setting(
+        0,
+        "SERVING_INFERENCE_THREADS",
+        "--inference-threads",
+        _integer(0),
+        "Threads one inference may use (onnxruntime intra-op threads); 0 means CPUs "
+        "available divided by workers, at least 1.",
+        default_text="0 (CPUs / workers)",
+    )
+    timeout: int = _setting(
+        60,
+        "SAGEMAKER_MODEL_SERVER_TIMEOUT",
+        "--timeout",
+        _integer(1),
+        "Seconds a worker may stay silent (busy) before it is restarted.",
+    )
+    graceful_timeout: int = _setting(
+        25,
+        "SERVING_GRACEFUL_TIMEOUT",
+        "--graceful-timeout",
+        _integer(0),
+        "Seconds in-flight requests get to finish after SIGTERM (SageMaker kills at 30).",
+    )
+    keepalive: int = _setting(
+        60,
+        "SERVING_KEEPALIVE",
+        "--keepalive",
+        _integer(0),
+        "Seconds an idle keep-alive connection is kept open.",
+    )
+    default_accept: str = _setting(
+        "application/json",
+        "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT",
+        "--default-accept",
+        _media_type,
+        "Response type when a request has no Accept or accepts anything (*/*).",
+    )
+    max_payload_mb: float = _setting(
+        6.0,
+        "SAGEMAKER_MAX_PAYLOAD_IN_MB",
+        "--max-payload-mb",
+        _positive_number,
+        "Largest request body in MiB; larger ones get 413 (batch transform sends up to 100).",
+        default_text="6",
+    )
+    log_level: int = _setting(
+        logging.INFO,
+        "SAGEMAKER_CONTAINER_LOG_LEVEL",
+        "--log-level",
+        _log_level,
+        "Log level, as a name (INFO) or a number (20).",
+        default_text="INFO",
+    )
+    log_pings: bool = _setting(
+        False,
+        "SERVING_LOG_PINGS",
+        "--log-pings",
+        _boolean,
+        "Access-log GET /ping too (off: SageMaker pings every few seconds).",
+        default_text="false",
+        is_switch=True,
+    )
+
+    @property
+    def max_payload_bytes(self) -> int:
+        return int(self.max_payload_mb * 1024 * 1024)
+
+    @classmethod
+    def from_sources(
+        cls,
+        environ: Mapping[str, str],
+        flags: Mapping[str, str] | None = None,
+        cpus: int | None = None,
+    ) -> Settings:
+        """Build settings from an environment and flag values (by setting name, as text).
+
+        ``cpus`` is the number of CPUs the automatic defaults are sized to (measured when
+        ``None``).
+        """
+        values: dict[str, Any] = {}
+        for setting in SETTINGS:
+            if flags and flags.get(setting.name) is not None:
+                text = flags[setting.name]
+                source = f"{setting.flag} {text!r}"
+            elif setting.env in environ:
+                text = setting.from_env(environ[setting.env])
+                source = f"{setting.env}={environ[setting.env]!r}"
+            else:
+                continue
+            try:
+                values[setting.name] = setting.parse(text)
+            except ValueError as exc:
+                raise SettingsError(f"invalid {source}: {exc}") from None
+        return cls(**values).sized(available_cpus() if cpus is None else cpus)
+
+    def sized(self, cpus: int) -> Settings:
+        """These settings with the automatic (0) worker and thread counts filled in."""
+        workers = self.workers or cpus
+        threads = self.inference_threads or max(1, cpus // workers)
+        return replace(self, workers=workers, inference_threads=threads)
+
+    def describe(self) -> str:
+        """One line listing every effective value, for the startup log."""
+        return " ".join(f"{s.name}={getattr(self, s.name)}" for s in SETTINGS)
+
+
+def _table() -> tuple[Setting, ...]:
+    return tuple(Setting(name=f.name, **f.metadata["setting"]) for f in fields(Settings))
+
+
+#: The settings table, in declaration order.
+SETTINGS: tuple[Setting, ...] = _table()
+
+
+def markdown_table() -> str:
+    """The README's configuration table (a test keeps the README in step with this)."""
+    rows = ["| flag | environment | default | meaning |", "|---|---|---|---|"]
+    rows += [f"| `{s.flag}` | `{s.env}` | `{s.default_text}` | {s.help} |" for s in SETTINGS]
+    return "\n".join(rows)
