@@ -129,7 +129,9 @@ class OnnxHandler(Handler):
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.config.threads
         options.inter_op_num_threads = 1
-        options.log_severity_level = 3  # errors only: warnings go to stdout, one per node
+        # Fatal only: onnxruntime writes its own multi-line, coloured error logs to stderr, and
+        # every failure already reaches our log with its message.
+        options.log_severity_level = 4
         try:
             self.session = ort.InferenceSession(
                 str(path), options, providers=list(self.config.providers)

@@ -76,7 +76,9 @@ def create_app(
         make_handler = lambda: load_handler_class(settings.handler)(config)  # noqa: E731
 
     app = Flask("serving")
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_payload_bytes
+    # One byte over the limit: Werkzeug stops a chunked body at its maximum without raising,
+    # so a body that reaches limit + 1 bytes is how an oversize chunked body shows itself.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_payload_bytes + 1
     state = ModelState(make_handler)
     app.extensions["serving"] = state
 
@@ -117,12 +119,14 @@ def load_model(app: Flask) -> None:
 
 def _read_body(settings: Settings) -> bytes:
     try:
-        body = request.get_data(cache=False)
-    except RequestEntityTooLarge:
+        body: bytes | None = request.get_data(cache=False)
+    except RequestEntityTooLarge:  # Content-Length over the limit: nothing was read
+        body = None
+    if body is None or len(body) > settings.max_payload_bytes:
         raise PayloadTooLarge(
             f"request body is larger than the {settings.max_payload_mb:g} MiB limit "
             "(SAGEMAKER_MAX_PAYLOAD_IN_MB)"
-        ) from None
+        )
     if not body:
         raise InvalidInput("the request body is empty")
     return body

@@ -1,0 +1,73 @@
+"""Tiny ONNX models for the tests, built with ``onnx.helper``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+WEIGHTS = np.arange(12, dtype=np.float32).reshape(4, 3) / 10 - 0.5
+BIAS = np.array([0.25, -1.0, 0.5], dtype=np.float32)
+
+
+def _save(graph: onnx.GraphProto, path: Path) -> Path:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, path)
+    return path
+
+
+def linear(path: Path) -> Path:
+    """x float32 [N, 4] -> y float32 [N, 3]: one input, one output."""
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["y"])],
+        "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(WEIGHTS, "w"), numpy_helper.from_array(BIAS, "b")],
+    )
+    return _save(graph, path)
+
+
+def mixed(path: Path) -> Path:
+    """Several inputs and outputs of float, integer and boolean types.
+
+    a float32 [N, 3], b int64 [N, 3], c bool [N] ->
+    total float32 [N, 3] = a + b, doubled int64 [N, 3] = 2 b, negated bool [N] = not c.
+    """
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["b"], ["b_float"], to=TensorProto.FLOAT),
+            helper.make_node("Add", ["a", "b_float"], ["total"]),
+            helper.make_node("Add", ["b", "b"], ["doubled"]),
+            helper.make_node("Not", ["c"], ["negated"]),
+        ],
+        "mixed",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 3]),
+            helper.make_tensor_value_info("b", TensorProto.INT64, ["N", 3]),
+            helper.make_tensor_value_info("c", TensorProto.BOOL, ["N"]),
+        ],
+        [
+            helper.make_tensor_value_info("total", TensorProto.FLOAT, ["N", 3]),
+            helper.make_tensor_value_info("doubled", TensorProto.INT64, ["N", 3]),
+            helper.make_tensor_value_info("negated", TensorProto.BOOL, ["N"]),
+        ],
+    )
+    return _save(graph, path)
+
+
+def failing(path: Path) -> Path:
+    """x float32 [N] reshaped to [2, 2]: runs for N = 4, and the model fails for other N."""
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+        "failing",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])],
+        [numpy_helper.from_array(np.array([2, 2], dtype=np.int64), "shape")],
+    )
+    return _save(graph, path)

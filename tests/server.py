@@ -1,0 +1,109 @@
+"""A real ``serving serve`` process on a free loopback port, for tests and examples."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+
+START_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def clean_environ(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The test's environment without any SAGEMAKER_ or SERVING_ setting, plus ``extra``."""
+    environ = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("SAGEMAKER_", "SERVING_"))
+    }
+    environ.update(extra or {})
+    return environ
+
+
+class ServerProcess:
+    def __init__(self, process: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
+        self.process = process
+        self.port = port
+        self.log_path = log_path
+        self.session = requests.Session()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def post(self, path: str, body: bytes, headers: Mapping[str, str]) -> requests.Response:
+        return self.session.post(self.url(path), data=body, headers=dict(headers), timeout=30)
+
+    def get(self, path: str) -> requests.Response:
+        return self.session.get(self.url(path), timeout=30)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, then wait for the exit status."""
+        self.session.close()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+
+def launch(
+    arguments: Sequence[str], log_path: Path, environ: Mapping[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start ``serving serve`` on a free port with one worker; returns the process and port."""
+    port = free_port()
+    command = [sys.executable, "-m", "serving", "serve", "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--workers", "1", "--inference-threads", "1", *arguments]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=clean_environ(environ)
+        )
+    return process, port
+
+
+@contextmanager
+def running_server(
+    arguments: Sequence[str], log_path: Path, environ: Mapping[str, str] | None = None
+) -> Iterator[ServerProcess]:
+    """A server that answers ``/ping`` with 200, stopped (SIGTERM) when the block ends."""
+    process, port = launch(arguments, log_path, environ)
+    server = ServerProcess(process, port, log_path)
+    try:
+        wait_until_healthy(server)
+        yield server
+    finally:
+        server.stop()
+
+
+def wait_until_healthy(server: ServerProcess) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log()}")
+        try:
+            if requests.get(server.url("/ping"), timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"server not healthy after {START_TIMEOUT} s:\n{server.log()}")

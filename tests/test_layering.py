@@ -1,0 +1,40 @@
+"""The import rules, checked in fresh interpreters (imports are cached within one)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def modules_after_import(statement: str) -> set[str]:
+    code = f"import sys; {statement}; print('\\n'.join(sys.modules))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    return set(result.stdout.split())
+
+
+@pytest.mark.parametrize("statement", ["import handlers", "import handlers.onnx_handler"])
+def test_handlers_never_import_flask_or_onnxruntime(statement: str) -> None:
+    loaded = modules_after_import(statement)
+    assert "flask" not in loaded
+    assert "werkzeug" not in loaded
+    assert "gunicorn" not in loaded
+    assert "onnxruntime" not in loaded  # only OnnxHandler.load imports it, in a worker
+
+
+@pytest.mark.parametrize("statement", ["import serving.cli", "import serving.server"])
+def test_the_server_side_never_imports_onnxruntime(statement: str) -> None:
+    loaded = modules_after_import(statement)
+    assert "onnxruntime" not in loaded
+    assert "gevent" not in loaded  # the master stays unpatched; gevent is the workers' affair
+
+
+def test_creating_the_app_imports_no_model_runtime() -> None:
+    statement = (
+        "from serving import Settings; from serving.app import create_app; "
+        "create_app(Settings.from_sources({}, cpus=1))"
+    )
+    assert "onnxruntime" not in modules_after_import(statement)

@@ -1,0 +1,141 @@
+"""Content-Type and Accept negotiation, in process, with a handler that counts model runs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from handlers import HandlerConfig, InvocationContext
+from handlers.onnx_handler import OnnxHandler
+from handlers.tensors import Inputs, Outputs
+from serving import Settings
+from serving.app import create_app, load_model
+from tests.wire import npy_bytes
+
+BODY = b"[[1, 2, 3, 4]]"
+
+
+class CountingHandler(OnnxHandler):
+    runs = 0
+
+    def predict(self, inputs: Inputs, context: InvocationContext) -> Outputs:
+        CountingHandler.runs += 1
+        return super().predict(inputs, context)
+
+
+def make_app(model: Path, **settings: str) -> Flask:
+    config = HandlerConfig(model_dir=model.parent)
+    app = create_app(
+        Settings.from_sources(settings, cpus=1), make_handler=lambda: CountingHandler(config)
+    )
+    load_model(app)
+    return app
+
+
+@pytest.fixture
+def client(linear_model: Path) -> Iterator[FlaskClient]:
+    CountingHandler.runs = 0
+    with make_app(linear_model).test_client() as client:
+        yield client
+
+
+@pytest.mark.parametrize(
+    ("content_type", "accept", "chosen"),
+    [
+        ("application/json", None, "application/json"),
+        ("application/json", "*/*", "application/json"),
+        ("application/json; charset=utf-8", "*/*", "application/json"),
+        ("APPLICATION/JSON", "", "application/json"),
+        ("text/csv; charset=utf-8", "text/csv", "text/csv"),
+        ("application/json", "text/*", "text/csv"),
+        ("application/json", "application/x-npy", "application/x-npy"),
+        ("application/json", "text/csv;q=0.5, application/jsonlines", "application/jsonlines"),
+        ("application/json", "text/csv;q=0.9, application/x-npy;q=0.1", "text/csv"),
+        ("application/json", "image/png, text/csv;q=0.2", "text/csv"),
+        ("application/json", "application/json; charset=utf-8", "application/json"),
+        ("application/json", "application/*;q=0.8, application/x-npz", "application/x-npz"),
+        ("application/json", "*/*;q=0.1, text/csv", "text/csv"),
+    ],
+)
+def test_negotiated(
+    client: FlaskClient, content_type: str, accept: str | None, chosen: str
+) -> None:
+    body = b"1,2,3,4\n" if content_type.startswith("text/csv") else BODY
+    headers = {"Content-Type": content_type}
+    if accept is not None:
+        headers["Accept"] = accept
+    response = client.post("/invocations", data=body, headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"] == chosen  # bare: no charset appended
+    assert CountingHandler.runs == 1
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "fragment"),
+    [
+        ({"Content-Type": "text/plain"}, 415, "Content-Type text/plain is not supported"),
+        ({"Content-Type": "application/x-www-form-urlencoded"}, 415, "application/json, "),
+        ({}, 415, "no Content-Type"),
+        ({"Content-Type": "application/json", "Accept": "image/png"}, 406, "image/png"),
+        ({"Content-Type": "application/json", "Accept": "text/csv;q=0"}, 406, "available"),
+        ({"Content-Type": "text/plain", "Accept": "image/png"}, 415, "text/plain"),
+    ],
+)
+def test_refused_before_the_model_runs(
+    client: FlaskClient, headers: dict[str, str], status: int, fragment: str
+) -> None:
+    # An undecodable body proves nothing was decoded either: decoding would give 400.
+    response = client.post("/invocations", data=b"\x00not decodable", headers=headers)
+    assert response.status_code == status
+    assert fragment in response.json["error"]  # type: ignore[index]
+    assert CountingHandler.runs == 0
+
+
+def test_default_accept_setting(linear_model: Path) -> None:
+    app = make_app(linear_model, SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT="text/csv")
+    response = app.test_client().post(
+        "/invocations", data=BODY, headers={"Content-Type": "application/json"}
+    )
+    assert response.headers["Content-Type"] == "text/csv"
+    explicit = app.test_client().post(
+        "/invocations", data=BODY, headers={"Content-Type": "application/json", "Accept": "*/*"}
+    )
+    assert explicit.headers["Content-Type"] == "text/csv"
+
+
+def test_ping_and_invocations_before_the_model_is_loaded(linear_model: Path) -> None:
+    config = HandlerConfig(model_dir=linear_model.parent)
+    app = create_app(
+        Settings.from_sources({}, cpus=1), make_handler=lambda: CountingHandler(config)
+    )
+    client = app.test_client()
+    assert client.get("/ping").status_code == 503
+    response = client.post("/invocations", data=BODY, headers={"Content-Type": "application/json"})
+    assert response.status_code == 503
+    assert client.get("/ping").status_code == 503  # never loads on demand
+    load_model(app)
+    assert client.get("/ping").status_code == 200
+    assert client.get("/ping").data == b""
+
+
+def test_handler_may_replace_custom_attributes(linear_model: Path) -> None:
+    class Replacing(OnnxHandler):
+        def predict(self, inputs: Inputs, context: InvocationContext) -> Outputs:
+            context.custom_attributes = f"seen={context.custom_attributes}"
+            return super().predict(inputs, context)
+
+    config = HandlerConfig(model_dir=linear_model.parent)
+    app = create_app(Settings.from_sources({}, cpus=1), make_handler=lambda: Replacing(config))
+    load_model(app)
+    response = app.test_client().post(
+        "/invocations",
+        data=npy_bytes(np.ones((1, 4), np.float32)),
+        headers={"Content-Type": "application/x-npy", "X-Amzn-SageMaker-Custom-Attributes": "a=1"},
+    )
+    assert response.status_code == 200
+    assert response.headers["X-Amzn-SageMaker-Custom-Attributes"] == "seen=a=1"

@@ -1,0 +1,112 @@
+"""The server as a process: the CLI, startup failures, and a clean stop on SIGTERM."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.server import clean_environ, launch, running_server
+
+
+def run_cli(
+    *arguments: str, environ: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "serving", *arguments],
+        capture_output=True,
+        text=True,
+        env=clean_environ(environ),
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("arguments", "environ", "message"),
+    [
+        ((), {"SAGEMAKER_BIND_TO_PORT": "eighty"}, "invalid SAGEMAKER_BIND_TO_PORT='eighty'"),
+        (("--port", "99999"), {}, "invalid --port '99999'"),
+        ((), {"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "image/png"}, "image/png': no encoder"),
+        ((), {"SERVING_HANDLER": "nonsense"}, "unknown handler 'nonsense': use one of onnx"),
+        (("--timeout", "-5"), {}, "invalid --timeout '-5'"),
+    ],
+)
+def test_invalid_settings_exit_non_zero_naming_them(
+    arguments: tuple[str, ...], environ: dict[str, str], message: str
+) -> None:
+    result = run_cli("serve", *arguments, environ=environ)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_help_lists_every_variable() -> None:
+    result = run_cli("serve", "--help")
+    assert result.returncode == 0
+    assert "SAGEMAKER_MODEL_SERVER_WORKERS" in result.stdout
+    assert "--log-pings" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({}, "no *.onnx file in"),
+        ({"model.onnx": b"not a model"}, "onnxruntime cannot load"),
+        ({"a.onnx": b"", "b.onnx": b""}, "2 *.onnx files"),
+    ],
+)
+def test_a_model_that_cannot_load_stops_the_server(
+    tmp_path: Path, files: dict[str, bytes], message: str
+) -> None:
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    for name, content in files.items():
+        (model_dir / name).write_bytes(content)
+    log = tmp_path / "server.log"
+    process, _ = launch(["--model-dir", str(model_dir)], log)
+    try:
+        returncode = process.wait(timeout=60)
+    finally:
+        process.kill()
+    assert returncode != 0
+    text = log.read_text()
+    assert "cannot load the model" in text
+    assert message in text
+    assert "Traceback" not in text  # the reason, on one line, is enough
+
+
+def test_sigterm_lets_in_flight_requests_finish(failing_model: Path, tmp_path: Path) -> None:
+    """SIGTERM during a slow request: the request completes and the server exits 0 promptly."""
+    arguments = ["--model-dir", str(failing_model.parent), "--graceful-timeout", "20"]
+    with running_server(arguments, tmp_path / "server.log") as server:
+        results: list[int] = []
+
+        def slow_request() -> None:
+            def body() -> Iterator[bytes]:
+                yield b"[1, 2, "
+                time.sleep(1.0)  # the request is in flight when SIGTERM arrives
+                yield b"3, 4]"
+
+            response = requests.post(
+                server.url("/invocations"),
+                data=body(),
+                headers={"Content-Type": "application/json"},
+                timeout=30,
+            )
+            results.append(response.status_code)
+
+        client = threading.Thread(target=slow_request)
+        client.start()
+        time.sleep(0.3)
+        started = time.monotonic()
+        returncode = server.stop()
+        client.join(timeout=30)
+        assert results == [200]
+        assert returncode == 0
+        assert time.monotonic() - started < 10

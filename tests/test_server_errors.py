@@ -1,0 +1,208 @@
+"""Bad input against the real server: the right status, a short JSON message, and a server
+that keeps serving afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from tests.server import ServerProcess
+from tests.wire import npy_bytes, npz_bytes
+
+GOOD_ROW = b"[[1, 2, 3, 4]]"
+
+
+def assert_still_serving(server: ServerProcess) -> None:
+    assert server.get("/ping").status_code == 200
+    response = server.post("/invocations", GOOD_ROW, {"Content-Type": "application/json"})
+    assert response.status_code == 200
+
+
+def assert_error(response: requests.Response, status: int, *fragments: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"] == "application/json"
+    message = response.json()["error"]
+    assert "Traceback" not in message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+JSON = "application/json"
+CSV = "text/csv"
+NPY = "application/x-npy"
+
+LINEAR_CASES = {
+    "malformed json": (JSON, b'{"instances": [1, 2', "not valid JSON"),
+    "json of the wrong nesting": (JSON, b'{"instances": 5}', '"instances" must be an array'),
+    "json object of unknown form": (JSON, b'{"rows": [[1, 2, 3, 4]]}', "expected a JSON array"),
+    "ragged json": (JSON, b"[[1, 2, 3, 4], [1, 2]]", "ragged"),
+    "json strings": (JSON, b'[["a", "b", "c", "d"]]', "expected numbers"),
+    "json null": (JSON, b"[[1, 2, null, 4]]", "expected numbers"),
+    "json NaN literal": (JSON, b"[[1, 2, NaN, 4]]", "not valid JSON"),
+    "ragged csv": (CSV, b"1,2,3,4\n5,6,7\n", "line 2 has 3 values"),
+    "non-numeric csv": (CSV, b"1,2,3,4\n5,x,7,8\n", "line 2, column 2: 'x' is not a number"),
+    "empty body": (JSON, b"", "empty"),
+    "wrong rank": (JSON, b"[1, 2, 3, 4]", "expects rank 2"),
+    "wrong fixed dimension": (JSON, b"[[1, 2, 3]]", "dimension 1 must be 4"),
+    "wrong input name": (JSON, b'{"inputs": {"z": [[1, 2, 3, 4]]}}', "unknown input 'z'"),
+    "npy of strings": (NPY, npy_bytes(np.array([["a", "b", "c", "d"]])), "dtype <U1"),
+    "truncated npy": (NPY, npy_bytes(np.ones((2, 4), np.float32))[:-5], "body has 27"),
+    "not npy at all": (NPY, b"hello", "not a valid .npy"),
+    "npz not a zip": ("application/x-npz", b"PK\x03\x04broken", "not a valid .npz"),
+}
+
+
+@pytest.mark.parametrize("case", LINEAR_CASES)
+def test_bad_input(linear_server: ServerProcess, case: str) -> None:
+    content_type, body, fragment = LINEAR_CASES[case]
+    response = linear_server.post("/invocations", body, {"Content-Type": content_type})
+    assert_error(response, 400, fragment)
+    assert_still_serving(linear_server)
+
+
+class _CreatesFileWhenUnpickled:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (str(self.path), "w"))
+
+
+def test_pickled_npy_is_refused_without_unpickling(
+    linear_server: ServerProcess, tmp_path: Path
+) -> None:
+    marker = tmp_path / "unpickled"
+    array = np.array([_CreatesFileWhenUnpickled(marker)], dtype=object)
+    body = npy_bytes(array)
+    assert b"unpickled" in body  # the pickle really is in there
+    response = linear_server.post("/invocations", body, {"Content-Type": NPY})
+    assert_error(response, 400, "Python objects")
+    assert not marker.exists()
+    npz = npz_bytes({"x": array})
+    response = linear_server.post("/invocations", npz, {"Content-Type": "application/x-npz"})
+    assert_error(response, 400, "Python objects")
+    assert not marker.exists()
+    # and the pickle was live: loading it the unsafe way would have created the file
+    pickle.loads(pickle.dumps(_CreatesFileWhenUnpickled(marker))).close()  # noqa: S301 - our own
+    assert marker.exists()
+    assert_still_serving(linear_server)
+
+
+def _chunks(size: int) -> Iterator[bytes]:
+    chunk = b"1" * 65536
+    for _ in range(size // len(chunk)):
+        yield chunk
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_oversize_body(linear_server: ServerProcess, chunked: bool) -> None:
+    size = 2 * 1024 * 1024  # the server's limit is 1 MiB
+    body = _chunks(size) if chunked else b"1" * size
+    response = requests.post(
+        linear_server.url("/invocations"), data=body, headers={"Content-Type": CSV}, timeout=30
+    )
+    assert_error(response, 413, "1 MiB", "SAGEMAKER_MAX_PAYLOAD_IN_MB")
+    assert_still_serving(linear_server)
+
+
+def test_model_that_raises(failing_server: ServerProcess) -> None:
+    ok = failing_server.post("/invocations", b"[1, 2, 3, 4]", {"Content-Type": JSON})
+    assert ok.status_code == 200
+    response = failing_server.post("/invocations", b"[1, 2, 3]", {"Content-Type": JSON})
+    assert_error(response, 500, "the model failed", "cannot be reshaped")
+    assert "Traceback" in failing_server.log()  # the traceback goes to the log instead
+    again = failing_server.post("/invocations", b"[1, 2, 3, 4]", {"Content-Type": JSON})
+    assert again.status_code == 200
+
+
+MIXED_ROWS = {"a": [[1.0, 2.0, 3.0]], "b": [[1, 2, 3]], "c": [True]}
+
+
+def _mixed(**changes: object) -> bytes:
+    inputs = {**MIXED_ROWS, **changes}
+    return json.dumps({"inputs": {k: v for k, v in inputs.items() if v is not None}}).encode()
+
+
+MIXED_CASES = {
+    "fraction for an integer input": (_mixed(b=[[1.5, 2, 3]]), "input 'b' expects int64"),
+    "2 for a boolean input": (_mixed(c=[2]), "input 'c' expects bool"),
+    "missing input": (_mixed(c=None), "missing input 'c'"),
+    "bare array for several inputs": (b"[[1, 2, 3]]", "the model has 3 inputs (a, b, c)"),
+}
+
+
+@pytest.mark.parametrize("case", MIXED_CASES)
+def test_bad_input_for_several_inputs(mixed_server: ServerProcess, case: str) -> None:
+    body, fragment = MIXED_CASES[case]
+    response = mixed_server.post("/invocations", body, {"Content-Type": JSON})
+    assert_error(response, 400, fragment)
+    assert mixed_server.post("/invocations", _mixed(), {"Content-Type": JSON}).status_code == 200
+
+
+def test_unknown_routes_and_methods_answer_json(linear_server: ServerProcess) -> None:
+    assert_error(linear_server.get("/nowhere"), 404, "/nowhere")
+    assert_error(linear_server.get("/invocations"), 405, "GET /invocations")
+
+
+CUSTOM = "X-Amzn-SageMaker-Custom-Attributes"
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "status"),
+    [
+        (JSON, GOOD_ROW, 200),
+        (JSON, b"[[1, 2]]", 400),
+        ("text/plain", GOOD_ROW, 415),
+    ],
+)
+def test_custom_attributes_are_echoed(
+    linear_server: ServerProcess, content_type: str, body: bytes, status: int
+) -> None:
+    attributes = "trace_id=abc-123,accept_eula=true"
+    response = linear_server.post(
+        "/invocations", body, {"Content-Type": content_type, CUSTOM: attributes}
+    )
+    assert response.status_code == status
+    assert response.headers[CUSTOM] == attributes
+
+
+def test_custom_attributes_of_1024_characters(linear_server: ServerProcess) -> None:
+    visible_ascii = "".join(chr(c) for c in range(33, 127))
+    attributes = (visible_ascii * 11)[:1024]
+    response = linear_server.post(
+        "/invocations", GOOD_ROW, {"Content-Type": JSON, CUSTOM: attributes}
+    )
+    assert response.status_code == 200
+    assert response.headers[CUSTOM] == attributes
+
+
+def test_no_custom_attributes_header_without_one(linear_server: ServerProcess) -> None:
+    response = linear_server.post("/invocations", GOOD_ROW, {"Content-Type": JSON})
+    assert CUSTOM not in response.headers
+
+
+def test_unknown_request_headers_are_ignored(linear_server: ServerProcess) -> None:
+    headers = {
+        "Content-Type": JSON,
+        "X-Amzn-SageMaker-Target-Variant": "v1",
+        "X-Amzn-SageMaker-Inference-Id": "42",
+        "X-Something-Else": "anything",
+    }
+    assert linear_server.post("/invocations", GOOD_ROW, headers).status_code == 200
+
+
+def test_pings_are_not_access_logged(linear_server: ServerProcess) -> None:
+    for _ in range(3):
+        assert linear_server.get("/ping").status_code == 200
+    linear_server.post("/invocations", GOOD_ROW, {"Content-Type": JSON})
+    log = linear_server.log()
+    assert '"POST /invocations HTTP/1.1" 200' in log
+    assert "/ping" not in log
+    assert os.linesep == "\n"
