@@ -1,0 +1,157 @@
+"""Codecs in process: the registry's rules and the edge cases of each format."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import numpy as np
+import pytest
+
+from handlers.codecs import (
+    CodecRegistry,
+    CsvCodec,
+    DuplicateMediaType,
+    JsonCodec,
+    JsonLinesCodec,
+    NpyCodec,
+    NpzCodec,
+    default_codecs,
+    numpy_codecs,
+)
+from handlers.errors import InvalidInput, NotAcceptable
+from tests.wire import npy_bytes
+
+
+class CsvDecoderOnly:
+    media_type = "text/csv"
+
+    def decode(self, body: bytes) -> np.ndarray:  # type: ignore[type-arg]
+        return np.zeros(1)
+
+
+def test_default_registry_has_every_builtin_both_ways() -> None:
+    registry = default_codecs()
+    expected = [
+        "application/json",
+        "application/jsonlines",
+        "text/csv",
+        "application/x-npy",
+        "application/x-npz",
+    ]
+    assert registry.decodable == expected
+    assert registry.encodable == expected
+    assert default_codecs() is not registry  # built anew, not shared module state
+
+
+def test_duplicate_media_type_is_refused() -> None:
+    registry = default_codecs()
+    with pytest.raises(DuplicateMediaType, match="a decoder for text/csv is already registered"):
+        registry.register(CsvDecoderOnly())
+    assert isinstance(registry.decoder("text/csv"), CsvCodec)
+
+
+def test_override_replaces_only_the_roles_the_codec_has() -> None:
+    registry = default_codecs()
+    replacement = CsvDecoderOnly()
+    registry.register(replacement, override=True)
+    assert registry.decoder("TEXT/CSV") is replacement
+    assert isinstance(registry.encoder("text/csv"), CsvCodec)
+
+
+def test_an_object_that_neither_decodes_nor_encodes_is_refused() -> None:
+    class Nothing:
+        media_type = "x/y"
+
+    with pytest.raises(TypeError):
+        CodecRegistry([Nothing()])  # type: ignore[list-item]
+
+
+def test_npy_is_read_without_a_copy() -> None:
+    body = npy_bytes(np.arange(8, dtype=np.float32).reshape(2, 4))
+    array = NpyCodec().decode(body)
+    assert isinstance(array, np.ndarray)
+    assert not array.flags.owndata  # a view of the body
+    np.testing.assert_array_equal(array, np.arange(8).reshape(2, 4))
+
+
+def test_npy_with_extra_bytes_is_refused() -> None:
+    with pytest.raises(InvalidInput, match="body has 36"):
+        NpyCodec().decode(npy_bytes(np.zeros((2, 4), np.float32)) + b"junk")
+
+
+def test_npz_that_would_expand_past_the_cap_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(numpy_codecs, "MAX_NPZ_EXPANDED_BYTES", 1000)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, x=np.zeros(10_000))
+    assert len(buffer.getvalue()) < 1000
+    with pytest.raises(InvalidInput, match="expands to"):
+        NpzCodec().decode(buffer.getvalue())
+
+
+def test_npz_member_larger_than_declared_is_refused() -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("x.npy", npy_bytes(np.zeros(4)))
+    body = bytearray(buffer.getvalue())
+    # shrink the declared size in the central directory (the local header is not used)
+    central = body.rindex(b"PK\x01\x02")
+    body[central + 24 : central + 28] = (10).to_bytes(4, "little")
+    with pytest.raises(InvalidInput, match=r"x\.npy"):
+        NpzCodec().decode(bytes(body))
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b"[1, 2]\n\n[3, 4]\n", [[1, 2], [3, 4]]),
+        (b'{"instances": [[1, 2], [3, 4]]}\n[5, 6]', [[1, 2], [3, 4], [5, 6]]),
+        (b'{"features": [1, 2]}\r\n{"data": {"features": {"values": [3, 4]}}}', [[1, 2], [3, 4]]),
+    ],
+)
+def test_jsonlines_records(body: bytes, expected: list[list[int]]) -> None:
+    np.testing.assert_array_equal(JsonLinesCodec().decode(body), expected)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"[1, 2]\n{nope", "line 2: is not valid JSON"),
+        (b'[1, 2]\n{"inputs": {"a": [1, 2]}}', "mixes arrays and objects"),
+        (b'{"inputs": {"a": 1}}\n{"inputs": {"b": 1}}', "record 1 has inputs ['b']"),
+        (b"\n\n", "no records"),
+    ],
+)
+def test_jsonlines_errors(body: bytes, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message.replace("[", r"\[").replace("]", r"\]")):
+        JsonLinesCodec().decode(body)
+
+
+def test_json_inputs_list_is_the_one_unnamed_input() -> None:
+    np.testing.assert_array_equal(JsonCodec().decode(b'{"inputs": [[1, 2]]}'), [[1, 2]])
+
+
+@pytest.mark.parametrize("codec", [JsonLinesCodec(), CsvCodec()])
+def test_record_formats_need_a_shared_first_axis(codec: JsonLinesCodec | CsvCodec) -> None:
+    with pytest.raises(NotAcceptable, match="application/json instead"):
+        codec.encode({"a": np.zeros((2, 3)), "b": np.zeros(3)})
+    with pytest.raises(NotAcceptable):
+        codec.encode({"scalar": np.float32(1.0) * np.ones(())})
+
+
+def test_csv_writes_shortest_floats_and_booleans_as_digits() -> None:
+    outputs = {
+        "p": np.array([[0.1, 1e-8], [np.nan, np.inf]], np.float32),
+        "flag": np.array([True, False]),
+    }
+    assert CsvCodec().encode(outputs) == b"0.1,1e-08,1\nnan,inf,0\n"
+
+
+def test_json_writes_non_finite_as_null() -> None:
+    outputs = {"p": np.array([np.nan, -np.inf, 0.5], np.float32)}
+    assert JsonCodec().encode(outputs) == b'{"predictions":[null,null,0.5]}'
+
+
+def test_json_writes_arrays_orjson_cannot_take_directly() -> None:
+    outputs = {"t": np.arange(6, dtype=np.int16).reshape(2, 3).T, "h": np.ones(2, np.float16)}
+    assert JsonCodec().encode(outputs) == b'{"outputs":{"t":[[0,3],[1,4],[2,5]],"h":[1.0,1.0]}}'
