@@ -26,7 +26,7 @@ from tests.wire import npy_bytes
 class CsvDecoderOnly:
     media_type = "text/csv"
 
-    def decode(self, body: bytes) -> np.ndarray:  # type: ignore[type-arg]
+    def decode(self, body: bytes) -> np.ndarray:
         return np.zeros(1)
 
 
