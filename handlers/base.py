@@ -1,27 +1,37 @@
-"""The handler contract: what turns decoded request data into model outputs.
+"""The handler contract: what turns a request body into a response body.
 
 A handler is a class; serving builds one instance per worker process from a
-:class:`HandlerConfig`, calls :meth:`Handler.load` once after the worker has forked, and then
-calls :meth:`Handler.invoke` for every ``POST /invocations`` whose media types it has
-already negotiated. Handlers never import Flask: everything about HTTP stays in ``serving``.
+:class:`HandlerConfig` and calls :meth:`Handler.load` once, after the worker has forked and
+before it reports ready. For every ``POST /invocations`` serving first asks
+:meth:`Handler.content_types` and :meth:`Handler.accept_types` which media types the handler
+takes and gives (answering 415 or 406 itself, before reading the body), then calls
+:meth:`Handler.invoke` with the body and an :class:`InvocationContext`.
 
-Implement at least :meth:`~Handler.load` and :meth:`~Handler.predict`. Override
-:meth:`~Handler.invoke` only to take over decoding and encoding yourself.
+Implement at least :meth:`~Handler.load` and :meth:`~Handler.predict`; the other methods
+default to the framework's behaviour: the codec registry decodes the body by Content-Type and
+encodes the outputs by Accept. Override :meth:`~Handler.invoke` (and the two media-type
+methods) to take over decoding and encoding. Handlers never import Flask.
 """
 
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
-from .codecs import Decoder, Encoder
+from .codecs import CodecRegistry, default_codecs
+from .errors import NotAcceptable, UnsupportedMediaType
 from .tensors import Inputs, Outputs
+
+#: The request and response header SageMaker passes custom attributes in.
+CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 
 
 @dataclass(frozen=True)
 class HandlerConfig:
-    """What a handler is told at construction: the HTTP-free part of the settings."""
+    """What a handler is given at construction: the HTTP-free part of the settings."""
 
     model_dir: Path
     #: File to load inside ``model_dir``; ``None`` means "find the one model file".
@@ -30,14 +40,20 @@ class HandlerConfig:
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     #: Threads one inference may use (onnxruntime intra-op threads); 0 lets the runtime choose.
     threads: int = 1
+    #: Folder of user code (``SAGEMAKER_SUBMIT_DIRECTORY``) and the module in it to load.
+    code_dir: Path | None = None
+    program: str = "inference.py"
+    #: The codecs serving negotiates with: built-in ones plus installed plugins.
+    codecs: CodecRegistry = field(default_factory=default_codecs)
 
 
 @dataclass
 class InvocationContext:
-    """What a handler knows about one request besides its data.
+    """What a handler knows about one request besides its body.
 
-    ``content_type`` and ``accept`` are the bare media types serving negotiated.
-    ``custom_attributes`` holds the request's ``X-Amzn-SageMaker-Custom-Attributes`` (or
+    ``content_type`` is the request's bare media type and ``accept`` the response type serving
+    negotiated (the client's preferred concrete type, or the default, when the handler accepts
+    any). ``custom_attributes`` holds the request's ``X-Amzn-SageMaker-Custom-Attributes`` (or
     ``None``); whatever it holds when the handler returns is sent back in the response's
     header, so a handler replaces the echoed value by assigning to it.
     """
@@ -47,15 +63,23 @@ class InvocationContext:
     custom_attributes: str | None = None
 
 
+class Encoded(NamedTuple):
+    """A response body and its bare media type."""
+
+    body: bytes
+    media_type: str
+
+
 class Handler(abc.ABC):
     """Base class of handlers; see the module docstring for the life cycle."""
 
     def __init__(self, config: HandlerConfig) -> None:
         self.config = config
+        self.codecs = config.codecs
 
     @abc.abstractmethod
     def load(self) -> None:
-        """Load the model from ``self.config.model_dir``.
+        """Load the model from ``self.config.model_dir``. Required.
 
         Called once per worker, after fork and before the worker reports ready. Raise
         :class:`handlers.errors.ModelLoadError` with a message that says what is missing or
@@ -64,7 +88,7 @@ class Handler(abc.ABC):
 
     @abc.abstractmethod
     def predict(self, inputs: Inputs, context: InvocationContext) -> Outputs:
-        """Run the model on decoded ``inputs`` and return its outputs by name, in order.
+        """Run the model on decoded ``inputs``; return its outputs by name, in order. Required.
 
         ``inputs`` is one unnamed array or arrays by input name, as the decoder produced
         them: check and convert them against the model here, raising
@@ -73,8 +97,29 @@ class Handler(abc.ABC):
         for every request, possibly in several threads at once.
         """
 
-    def invoke(
-        self, body: bytes, decoder: Decoder, encoder: Encoder, context: InvocationContext
-    ) -> bytes:
-        """Decode ``body``, predict, and encode the outputs; the response body is returned."""
-        return encoder.encode(self.predict(decoder.decode(body), context))
+    def content_types(self) -> Collection[str] | None:
+        """Request media types this handler decodes; ``None`` takes any. Default: the codecs'."""
+        return self.codecs.decodable
+
+    def accept_types(self) -> Sequence[str] | None:
+        """Response media types it can write; ``None`` writes any. Default: the codecs'."""
+        return self.codecs.encodable
+
+    def invoke(self, body: bytes, context: InvocationContext) -> Encoded:
+        """Turn a request body into a response body. Default: decode, predict, encode."""
+        inputs = self.decode(body, context.content_type)
+        return self.encode(self.predict(inputs, context), context.accept)
+
+    def decode(self, body: bytes, media_type: str) -> Inputs:
+        """The registry's decoder for ``media_type`` applied to ``body``."""
+        decoder = self.codecs.decoder(media_type)
+        if decoder is None:
+            raise UnsupportedMediaType(f"no decoder for {media_type}")
+        return decoder.decode(body)
+
+    def encode(self, outputs: Outputs, media_type: str) -> Encoded:
+        """The registry's encoder for ``media_type`` applied to ``outputs``."""
+        encoder = self.codecs.encoder(media_type)
+        if encoder is None:
+            raise NotAcceptable(f"no encoder for {media_type}")
+        return Encoded(encoder.encode(outputs), encoder.media_type)

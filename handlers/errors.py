@@ -10,17 +10,19 @@ traceback.
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import ClassVar
 
 
 class ServingError(Exception):
     """Base of every error that becomes an HTTP response."""
 
-    status: ClassVar[HTTPStatus] = HTTPStatus.INTERNAL_SERVER_ERROR
+    #: The response status; subclasses set it, an instance may carry its own (``status=``).
+    status: HTTPStatus = HTTPStatus.INTERNAL_SERVER_ERROR
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, status: HTTPStatus | None = None) -> None:
         super().__init__(message)
         self.message = message
+        if status is not None:
+            self.status = status
 
 
 class InvalidInput(ServingError):

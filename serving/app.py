@@ -13,40 +13,58 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from handlers import Handler, HandlerConfig, InvocationContext, load_handler_class
-from handlers.codecs import CodecRegistry, default_codecs
-from handlers.errors import InvalidInput, NotReady, PayloadTooLarge, ServingError
-from handlers.registry import handler_path
+from handlers.base import CUSTOM_ATTRIBUTES
+from handlers.codecs import CodecPluginError, CodecRegistry, installed_codecs
+from handlers.errors import InvalidInput, ModelLoadError, NotReady, PayloadTooLarge, ServingError
+from handlers.registry import UnknownHandler, check_handler_name
 
-from .negotiation import choose_decoder, choose_encoder
+from .negotiation import choose_accept, choose_content_type
 from .settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
 
-CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
-
 HandlerFactory = Callable[[], Handler]
 
 
-def handler_config(settings: Settings) -> HandlerConfig:
+def handler_config(settings: Settings, codecs: CodecRegistry) -> HandlerConfig:
     return HandlerConfig(
         model_dir=settings.model_dir,
         model_file=settings.model_file,
         providers=settings.providers,
         threads=settings.inference_threads,
+        code_dir=settings.code_dir,
+        program=settings.program,
+        codecs=codecs,
     )
+
+
+def handler_name(settings: Settings) -> str:
+    """The handler ``settings`` choose; ``auto`` is ``inference_py`` when user code exists."""
+    if settings.handler != "auto":
+        return settings.handler
+    code_dir = settings.code_dir or settings.model_dir / "code"
+    return "inference_py" if (code_dir / settings.program).is_file() else "onnx"
 
 
 class ModelState:
     """This worker's handler: absent until :meth:`load` has run, which only a worker does."""
 
-    def __init__(self, make_handler: HandlerFactory) -> None:
+    def __init__(self, make_handler: HandlerFactory, default_accept: str) -> None:
         self._make_handler = make_handler
+        self._default_accept = default_accept
         self.handler: Handler | None = None
 
     def load(self) -> None:
         handler = self._make_handler()
         handler.load()
+        offers = handler.accept_types()
+        if offers is not None and self._default_accept not in offers:
+            raise ModelLoadError(
+                f"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT={self._default_accept!r} cannot be "
+                f"written by this handler; it writes {', '.join(offers)}"
+            )
         self.handler = handler
+        log.info("%s ready", type(handler).__name__)
 
 
 def create_app(
@@ -57,29 +75,29 @@ def create_app(
 ) -> Flask:
     """The WSGI app for ``settings``; the model is loaded later by :func:`load_model`.
 
-    ``make_handler`` builds the handler (by default the one ``settings.handler`` names,
-    imported only when called); ``codecs`` defaults to the built-in registry. Raises
-    :class:`SettingsError` for settings that contradict the registry or handler names.
+    ``make_handler`` builds the handler (by default the one the settings name, imported only
+    when called); ``codecs`` defaults to the built-in codecs plus installed plugins. Raises
+    :class:`SettingsError` for an unknown handler name or a broken codec plugin.
     """
-    codecs = codecs or default_codecs()
-    if codecs.encoder(settings.default_accept) is None:
-        raise SettingsError(
-            f"invalid SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT={settings.default_accept!r}: "
-            f"no encoder for it; available: {', '.join(codecs.encodable)}"
-        )
-    if make_handler is None:
+    if codecs is None:
         try:
-            handler_path(settings.handler)
-        except ValueError as exc:
+            codecs = installed_codecs()
+        except CodecPluginError as exc:
+            raise SettingsError(str(exc)) from None
+    if make_handler is None:
+        name = handler_name(settings)
+        try:
+            check_handler_name(name)
+        except UnknownHandler as exc:
             raise SettingsError(f"invalid SERVING_HANDLER={settings.handler!r}: {exc}") from None
-        config = handler_config(settings)
-        make_handler = lambda: load_handler_class(settings.handler)(config)  # noqa: E731
+        config = handler_config(settings, codecs)
+        make_handler = lambda: load_handler_class(name)(config)  # noqa: E731
 
     app = Flask("serving")
     # One byte over the limit: Werkzeug stops a chunked body at its maximum without raising,
     # so a body that reaches limit + 1 bytes is how an oversize chunked body shows itself.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_payload_bytes + 1
-    state = ModelState(make_handler)
+    state = ModelState(make_handler, settings.default_accept)
     app.extensions["serving"] = state
 
     @app.get("/ping")
@@ -93,18 +111,18 @@ def create_app(
         handler = state.handler
         if handler is None:
             raise NotReady("the model is not loaded")
-        decoder = choose_decoder(request, codecs)
-        encoder = choose_encoder(request, codecs, settings.default_accept)
+        content_type = choose_content_type(request, handler.content_types())
+        accept = choose_accept(request, handler.accept_types(), settings.default_accept)
         body = _read_body(settings)
         g.context = context = InvocationContext(
-            content_type=decoder.media_type,
-            accept=encoder.media_type,
+            content_type=content_type,
+            accept=accept,
             custom_attributes=request.headers.get(CUSTOM_ATTRIBUTES),
         )
-        result = handler.invoke(body, decoder, encoder, context)
+        result = handler.invoke(body, context)
         # content_type, not mimetype: Flask would append "; charset=utf-8" to text types and
         # pipelines pass the response type on to the next container verbatim.
-        return Response(result, content_type=encoder.media_type)
+        return Response(result.body, content_type=result.media_type)
 
     _install_error_handlers(app)
     app.after_request(_echo_custom_attributes)

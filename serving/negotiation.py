@@ -1,44 +1,60 @@
-"""Content-Type and Accept against the codec registry, decided before any decoding.
+"""Content-Type and Accept against what the handler takes and gives, decided before the body
+is read.
 
 Werkzeug parses the headers: parameters (``; charset=utf-8``, ignored), Accept lists,
-q-values, ``type/*`` and ``*/*``. A request without Accept, or one that accepts anything, gets the
-configured default response type.
+q-values, ``type/*`` and ``*/*``. A request without Accept, or one that accepts anything, gets
+the configured default response type.
 """
 
 from __future__ import annotations
+
+from collections.abc import Collection, Sequence
 
 from flask import Request
 from werkzeug.datastructures import MIMEAccept
 from werkzeug.http import parse_options_header
 
-from handlers.codecs import CodecRegistry, Decoder, Encoder
 from handlers.errors import NotAcceptable, UnsupportedMediaType
 
 
-def choose_decoder(request: Request, codecs: CodecRegistry) -> Decoder:
-    """The decoder for the request's Content-Type, or 415."""
+def choose_content_type(request: Request, supported: Collection[str] | None) -> str:
+    """The request's bare media type if the handler takes it (``None``: takes any), or 415."""
     media_type = request.mimetype  # bare and lower-case; "" when the header is missing
-    decoder = codecs.decoder(media_type) if media_type else None
-    if decoder is None:
-        sent = f"Content-Type {media_type}" if media_type else "no Content-Type"
-        raise UnsupportedMediaType(
-            f"{sent} is not supported; send one of {', '.join(codecs.decodable)}"
-        )
-    return decoder
+    if media_type and (supported is None or media_type in supported):
+        return media_type
+    sent = f"Content-Type {media_type}" if media_type else "no Content-Type"
+    offer = f"send one of {', '.join(supported)}" if supported else "send a Content-Type"
+    raise UnsupportedMediaType(f"{sent} is not supported; {offer}")
 
 
-def choose_encoder(request: Request, codecs: CodecRegistry, default: str) -> Encoder:
-    """The encoder the request's Accept prefers (ties go to ``default``), or 406."""
-    offers = [default, *(media_type for media_type in codecs.encodable if media_type != default)]
+def choose_accept(request: Request, offers: Sequence[str] | None, default: str) -> str:
+    """The response type the request's Accept prefers among ``offers`` (ties go to
+    ``default``), or 406. With ``offers`` ``None`` the handler writes any type: the client's
+    most preferred concrete type is chosen.
+    """
     accept = _without_parameters(request.accept_mimetypes)
-    chosen = accept.best_match(offers) if accept else default
-    encoder = codecs.encoder(chosen) if chosen else None
-    if encoder is None:
+    if not accept:
+        return default
+    if offers is None:
+        chosen = _preferred_concrete(accept) or accept.best_match([default])
+        available = "a concrete media type"
+    else:
+        ordered = [default, *(media_type for media_type in offers if media_type != default)]
+        chosen = accept.best_match(ordered)
+        available = ", ".join(ordered)
+    if chosen is None:
         raise NotAcceptable(
             f"cannot answer in any type of Accept {request.headers.get('Accept', '')!r}; "
-            f"available: {', '.join(offers)}"
+            f"available: {available}"
         )
-    return encoder
+    return chosen
+
+
+def _preferred_concrete(accept: MIMEAccept) -> str | None:
+    for value, quality in accept:  # Werkzeug keeps them by preference
+        if quality > 0 and "*" not in value:
+            return value
+    return None
 
 
 def _without_parameters(accept: MIMEAccept) -> MIMEAccept:

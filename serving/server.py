@@ -31,7 +31,7 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
     return {
         "bind": [f"{host}:{settings.port}"],
         "workers": settings.workers,
-        "worker_class": "gevent",
+        "worker_class": "serving.worker.ServingGeventWorker",
         "timeout": settings.timeout,
         "graceful_timeout": settings.graceful_timeout,
         "keepalive": settings.keepalive,
@@ -80,7 +80,6 @@ class ServingApplication(BaseApplication):  # type: ignore[misc]  # gunicorn is 
         except Exception:
             log.exception("cannot load the model")
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
-        log.info("worker ready")
 
 
 def serve(app: Flask, settings: Settings) -> None:

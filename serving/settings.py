@@ -141,16 +141,22 @@ def _optional(text: str) -> str | None:
     return text.strip() or None
 
 
+def _code_dir(text: str) -> Path | None:
+    value = text.strip()
+    return None if not value or value.startswith("s3://") else Path(value)
+
+
 @dataclass(frozen=True)
 class Settings:
     """The server's configuration: built once at startup, frozen, passed to everything."""
 
     handler: str = _setting(
-        "onnx",
+        "auto",
         "SERVING_HANDLER",
         "--handler",
         _nonempty,
-        "Handler: a built-in name (onnx) or package.module:Class.",
+        "Handler: auto (inference_py when the code directory holds the program, else onnx), "
+        "a built-in or entry-point name, or package.module:Class.",
     )
     model_dir: Path = _setting(
         DEFAULT_MODEL_DIR,
@@ -176,6 +182,22 @@ class Settings:
         _providers,
         "onnxruntime execution providers, comma-separated, in order of preference.",
         default_text="CPUExecutionProvider",
+    )
+    code_dir: Path | None = _setting(
+        None,
+        "SAGEMAKER_SUBMIT_DIRECTORY",
+        "--code-dir",
+        _code_dir,
+        "Folder of user code (inference.py). An s3:// URL, which the SageMaker SDK may set, "
+        "means the default: the SDK also repacks the code into the model's code/ folder.",
+        default_text="<model dir>/code",
+    )
+    program: str = _setting(
+        "inference.py",
+        "SAGEMAKER_PROGRAM",
+        "--program",
+        _nonempty,
+        "User module in the code directory, with model_fn/input_fn/predict_fn/output_fn.",
     )
     host: str = _setting(
         "0.0.0.0",  # noqa: S104 - a container must listen on every interface
@@ -293,13 +315,18 @@ class Settings:
                 values[setting.name] = setting.parse(text)
             except ValueError as exc:
                 raise SettingsError(f"invalid {source}: {exc}") from None
-        return cls(**values).sized(available_cpus() if cpus is None else cpus)
+        return cls(**values).resolved(available_cpus() if cpus is None else cpus)
 
-    def sized(self, cpus: int) -> Settings:
-        """These settings with the automatic (0) worker and thread counts filled in."""
+    def resolved(self, cpus: int) -> Settings:
+        """These settings with the automatic values filled in: worker and thread counts sized
+        to ``cpus``, the code directory under the model directory."""
         workers = self.workers or cpus
-        threads = self.inference_threads or max(1, cpus // workers)
-        return replace(self, workers=workers, inference_threads=threads)
+        return replace(
+            self,
+            workers=workers,
+            inference_threads=self.inference_threads or max(1, cpus // workers),
+            code_dir=self.code_dir or self.model_dir / "code",
+        )
 
     def describe(self) -> str:
         """One line listing every effective value, for the startup log."""

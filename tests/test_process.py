@@ -33,8 +33,8 @@ def run_cli(
     [
         ((), {"SAGEMAKER_BIND_TO_PORT": "eighty"}, "invalid SAGEMAKER_BIND_TO_PORT='eighty'"),
         (("--port", "99999"), {}, "invalid --port '99999'"),
-        ((), {"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "image/png"}, "image/png': no encoder"),
-        ((), {"SERVING_HANDLER": "nonsense"}, "unknown handler 'nonsense': use one of onnx"),
+        ((), {"SERVING_HANDLER": "nonsense"}, "unknown handler 'nonsense'; known handlers: "),
+        (("--handler", "nowhere.at_all:Handler"), {}, "module 'nowhere.at_all' not found"),
         (("--timeout", "-5"), {}, "invalid --timeout '-5'"),
     ],
 )
@@ -53,23 +53,36 @@ def test_help_lists_every_variable() -> None:
     assert "--log-pings" in result.stdout
 
 
+IRIS = Path(__file__).parent.parent / "examples" / "iris" / "model" / "model.onnx"
+
+
 @pytest.mark.parametrize(
-    ("files", "message"),
+    ("files", "environ", "message"),
     [
-        ({}, "no *.onnx file in"),
-        ({"model.onnx": b"not a model"}, "onnxruntime cannot load"),
-        ({"a.onnx": b"", "b.onnx": b""}, "2 *.onnx files"),
+        ({}, {}, "no *.onnx file in"),
+        ({"model.onnx": b"not a model"}, {}, "onnxruntime cannot load"),
+        ({"a.onnx": b"", "b.onnx": b""}, {}, "2 *.onnx files"),
+        (
+            {"model.onnx": IRIS.read_bytes()},
+            {"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "image/png"},
+            "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT='image/png' cannot be written",
+        ),
+        (
+            {"model.onnx": IRIS.read_bytes()},
+            {"SERVING_PROVIDERS": "CUDAExecutionProvider"},
+            "execution providers CUDAExecutionProvider are not available",
+        ),
     ],
 )
 def test_a_model_that_cannot_load_stops_the_server(
-    tmp_path: Path, files: dict[str, bytes], message: str
+    tmp_path: Path, files: dict[str, bytes], environ: dict[str, str], message: str
 ) -> None:
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     for name, content in files.items():
         (model_dir / name).write_bytes(content)
     log = tmp_path / "server.log"
-    process, _ = launch(["--model-dir", str(model_dir)], log)
+    process, _ = launch(["--model-dir", str(model_dir)], log, environ)
     try:
         returncode = process.wait(timeout=60)
     finally:
@@ -110,3 +123,20 @@ def test_sigterm_lets_in_flight_requests_finish(failing_model: Path, tmp_path: P
         assert results == [200]
         assert returncode == 0
         assert time.monotonic() - started < 10
+
+
+def test_idle_keep_alive_connections_do_not_delay_the_stop(tmp_path: Path) -> None:
+    """SageMaker keeps connections open; a stop must not wait out their keep-alive."""
+    arguments = ["--model-dir", str(IRIS.parent), "--graceful-timeout", "20"]
+    with running_server(arguments, tmp_path / "server.log") as server:
+        idle = requests.Session()
+        response = idle.post(
+            server.url("/invocations"),
+            data=b"[[1, 2, 3, 4]]",
+            headers={"Content-Type": "application/json"},
+        )
+        assert response.headers["Connection"] == "keep-alive"
+        started = time.monotonic()
+        assert server.stop() == 0
+        assert time.monotonic() - started < 5
+        idle.close()

@@ -10,6 +10,7 @@ import pytest
 
 from serving.cpus import available_cpus, cgroup_cpu_quota
 from serving.settings import SETTINGS, Settings, SettingsError, markdown_table
+from tests.update_readme import updated
 
 ROOT = Path(__file__).parent.parent
 
@@ -108,7 +109,9 @@ def test_every_setting_has_a_distinct_flag_and_variable() -> None:
 
 
 def test_readme_configuration_table_matches_the_settings() -> None:
-    assert markdown_table() in (ROOT / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    assert markdown_table() in readme, "run: python -m tests.update_readme"
+    assert updated(readme) == readme
 
 
 def _cgroup(root: Path, files: dict[str, str]) -> Path:

@@ -3,7 +3,8 @@
 A codec is a small object with a ``media_type`` and ``decode`` and/or ``encode`` (see
 :class:`Decoder` and :class:`Encoder`). :func:`default_codecs` builds the registry of the
 built-in ones; serving negotiates Content-Type and Accept against that registry, so a codec
-registered there behaves exactly like a built-in one.
+registered there behaves exactly like a built-in one; :func:`installed_codecs` adds the codecs
+that installed packages register through entry points.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from .csv_codec import CsvCodec
 from .json_codecs import JsonCodec, JsonLinesCodec
 from .numpy_codecs import NpyCodec, NpzCodec
+from .plugins import CODEC_GROUP, CodecPluginError, register_codec_plugins
 from .registry import CodecRegistry, Decoder, DuplicateMediaType, Encoder
 
 
@@ -19,7 +21,14 @@ def default_codecs() -> CodecRegistry:
     return CodecRegistry([JsonCodec(), JsonLinesCodec(), CsvCodec(), NpyCodec(), NpzCodec()])
 
 
+def installed_codecs() -> CodecRegistry:
+    """The built-in codecs plus those of installed plugins (see :mod:`.plugins`)."""
+    return register_codec_plugins(default_codecs())
+
+
 __all__ = [
+    "CODEC_GROUP",
+    "CodecPluginError",
     "CodecRegistry",
     "CsvCodec",
     "Decoder",
@@ -30,4 +39,6 @@ __all__ = [
     "NpyCodec",
     "NpzCodec",
     "default_codecs",
+    "installed_codecs",
+    "register_codec_plugins",
 ]
