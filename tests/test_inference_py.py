@@ -128,7 +128,7 @@ def test_input_fn_alone_falls_back_to_onnx_and_the_codecs(
     assert "dimension 1 must be 4" in response.json()["error"]
     # and our encoders still refuse what they cannot write
     response = server.post(
-        "/invocations", body, {"Content-Type": "text/x-semicolons", "Accept": "image/png"}
+        "/invocations", body, {"Content-Type": "text/x-semicolons", "Accept": "image/gif"}
     )
     assert response.status_code == 406
 

@@ -16,7 +16,9 @@ def modules_after_import(statement: str) -> set[str]:
     return set(result.stdout.split())
 
 
-@pytest.mark.parametrize("statement", ["import handlers", "import handlers.onnx_handler"])
+@pytest.mark.parametrize(
+    "statement", ["import handlers", "import handlers.onnx_handler", "import handlers.inference_py"]
+)
 def test_handlers_never_import_flask_or_onnxruntime(statement: str) -> None:
     loaded = modules_after_import(statement)
     assert "flask" not in loaded

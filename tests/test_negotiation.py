@@ -56,7 +56,7 @@ def client(linear_model: Path) -> Iterator[FlaskClient]:
         ("application/json", "application/x-npy", "application/x-npy"),
         ("application/json", "text/csv;q=0.5, application/jsonlines", "application/jsonlines"),
         ("application/json", "text/csv;q=0.9, application/x-npy;q=0.1", "text/csv"),
-        ("application/json", "image/png, text/csv;q=0.2", "text/csv"),
+        ("application/json", "image/gif, text/csv;q=0.2", "text/csv"),
         ("application/json", "application/json; charset=utf-8", "application/json"),
         ("application/json", "application/*;q=0.8, application/x-npz", "application/x-npz"),
         ("application/json", "*/*;q=0.1, text/csv", "text/csv"),
@@ -81,9 +81,9 @@ def test_negotiated(
         ({"Content-Type": "text/plain"}, 415, "Content-Type text/plain is not supported"),
         ({"Content-Type": "application/x-www-form-urlencoded"}, 415, "application/json, "),
         ({}, 415, "no Content-Type"),
-        ({"Content-Type": "application/json", "Accept": "image/png"}, 406, "image/png"),
+        ({"Content-Type": "application/json", "Accept": "image/gif"}, 406, "image/gif"),
         ({"Content-Type": "application/json", "Accept": "text/csv;q=0"}, 406, "available"),
-        ({"Content-Type": "text/plain", "Accept": "image/png"}, 415, "text/plain"),
+        ({"Content-Type": "text/plain", "Accept": "image/gif"}, 415, "text/plain"),
     ],
 )
 def test_refused_before_the_model_runs(

@@ -64,8 +64,8 @@ IRIS = Path(__file__).parent.parent / "examples" / "iris" / "model" / "model.onn
         ({"a.onnx": b"", "b.onnx": b""}, {}, "2 *.onnx files"),
         (
             {"model.onnx": IRIS.read_bytes()},
-            {"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "image/png"},
-            "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT='image/png' cannot be written",
+            {"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "image/gif"},
+            "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT='image/gif' cannot be written",
         ),
         (
             {"model.onnx": IRIS.read_bytes()},

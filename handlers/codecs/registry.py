@@ -18,7 +18,8 @@ class Decoder(Protocol):
     wrong with the body; never unpickle anything.
     """
 
-    media_type: str
+    @property
+    def media_type(self) -> str: ...
 
     def decode(self, body: bytes) -> Inputs: ...
 
@@ -31,7 +32,8 @@ class Encoder(Protocol):
     ``media_type`` (for instance several outputs as one ``.npy`` array).
     """
 
-    media_type: str
+    @property
+    def media_type(self) -> str: ...
 
     def encode(self, outputs: Outputs) -> bytes: ...
 
