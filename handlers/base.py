@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 from .codecs import CodecRegistry, default_codecs
 from .errors import NotAcceptable, UnsupportedMediaType
+from .execution import Executor, InlineExecutor
 from .tensors import Inputs, Outputs
 
 #: The request and response header SageMaker passes custom attributes in.
@@ -45,6 +46,8 @@ class HandlerConfig:
     program: str = "inference.py"
     #: The codecs serving negotiates with: built-in ones plus installed plugins.
     codecs: CodecRegistry = field(default_factory=default_codecs)
+    #: Runs blocking model calls; the server's runs them off the event loop, in batches.
+    executor: Executor = field(default_factory=InlineExecutor)
 
 
 @dataclass

@@ -11,6 +11,7 @@ import numpy as np
 
 from .base import Handler, InvocationContext
 from .errors import InvalidInput, ModelFailed, ModelLoadError
+from .execution import Feeds
 from .tensors import Array, Inputs, Outputs, describe, is_numeric
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,8 @@ class OnnxHandler(Handler):
     session: Any
     inputs: list[TensorSpec]
     output_names: list[str]
+    #: Whether requests can share a run: every input and output has a free first dimension.
+    batchable: bool
     _invalid_argument: type[Exception]
 
     def load(self) -> None:
@@ -141,12 +144,17 @@ class OnnxHandler(Handler):
         self._invalid_argument = ort.capi.onnxruntime_pybind11_state.InvalidArgument
         self.inputs = [self._spec(arg) for arg in self.session.get_inputs()]
         self.output_names = self._tensor_outputs()
+        output_shapes = [o.shape for o in self.session.get_outputs() if o.name in self.output_names]
+        self.batchable = all(_free_first_dim(s.shape) for s in self.inputs) and all(
+            _free_first_dim(shape) for shape in output_shapes
+        )
         log.info(
-            "loaded %s: inputs %s, outputs %s, providers %s",
+            "loaded %s: inputs %s, outputs %s, providers %s%s",
             path,
             ", ".join(f"{s.name} {s.dtype} {s.shape_text()}" for s in self.inputs),
             ", ".join(self.output_names),
             ", ".join(self.session.get_providers()),
+            ", batchable" if self.batchable else "",
         )
 
     @staticmethod
@@ -168,7 +176,7 @@ class OnnxHandler(Handler):
             raise ModelLoadError(f"the model has no tensor outputs ({', '.join(skipped)})")
         return names
 
-    def feeds(self, inputs: Inputs) -> dict[str, Array]:
+    def feeds(self, inputs: Inputs) -> Feeds:
         """Request data by model input name, each checked and cast."""
         if not isinstance(inputs, dict):
             if len(self.inputs) != 1:
@@ -190,7 +198,10 @@ class OnnxHandler(Handler):
         return {spec.name: spec.conform(inputs[spec.name]) for spec in self.inputs}
 
     def predict(self, inputs: Inputs, context: InvocationContext) -> Outputs:
-        feeds = self.feeds(inputs)
+        return self.config.executor.run(self.run, self.feeds(inputs), batchable=self.batchable)
+
+    def run(self, feeds: Feeds) -> Outputs:
+        """One onnxruntime run on checked feeds; blocking, safe from any thread."""
         try:
             results = self.session.run(self.output_names, feeds)
         except self._invalid_argument as exc:  # a check onnxruntime makes that ours do not
@@ -198,6 +209,10 @@ class OnnxHandler(Handler):
         except Exception as exc:  # whatever else the model raises is the model's failure
             raise ModelFailed(f"the model failed: {_cut(exc)}") from exc
         return dict(zip(self.output_names, results, strict=True))
+
+
+def _free_first_dim(shape: Any) -> bool:
+    return bool(shape) and not (isinstance(shape[0], int) and shape[0] > 0)
 
 
 def _cut(exc: Exception) -> str:

@@ -18,6 +18,7 @@ from handlers.codecs import CodecPluginError, CodecRegistry, installed_codecs
 from handlers.errors import InvalidInput, ModelLoadError, NotReady, PayloadTooLarge, ServingError
 from handlers.registry import UnknownHandler, check_handler_name
 
+from .execution import GeventExecutor
 from .negotiation import choose_accept, choose_content_type
 from .settings import Settings, SettingsError
 
@@ -27,6 +28,11 @@ HandlerFactory = Callable[[], Handler]
 
 
 def handler_config(settings: Settings, codecs: CodecRegistry) -> HandlerConfig:
+    executor = GeventExecutor(
+        concurrency=settings.inference_concurrency,
+        max_batch_rows=settings.max_batch_size,
+        max_delay=settings.max_batch_delay_ms / 1000,
+    )
     return HandlerConfig(
         model_dir=settings.model_dir,
         model_file=settings.model_file,
@@ -35,6 +41,7 @@ def handler_config(settings: Settings, codecs: CodecRegistry) -> HandlerConfig:
         code_dir=settings.code_dir,
         program=settings.program,
         codecs=codecs,
+        executor=executor,
     )
 
 

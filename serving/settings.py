@@ -92,6 +92,16 @@ def _positive_number(text: str) -> float:
     return value
 
 
+def _non_negative_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("not a number") from None
+    if not 0 <= value < float("inf"):
+        raise ValueError("must be a number >= 0")
+    return value
+
+
 def _boolean(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -230,6 +240,31 @@ class Settings:
         "Threads one inference may use (onnxruntime intra-op threads); 0 means CPUs "
         "available divided by workers, at least 1.",
         default_text="0 (CPUs / workers)",
+    )
+    inference_concurrency: int = _setting(
+        1,
+        "SERVING_INFERENCE_CONCURRENCY",
+        "--inference-concurrency",
+        _integer(1),
+        "Model runs in flight at once per worker, each in its own native thread off the "
+        "event loop.",
+    )
+    max_batch_size: int = _setting(
+        32,
+        "SERVING_MAX_BATCH_SIZE",
+        "--max-batch-size",
+        _integer(1),
+        "Rows one model run may gather from concurrent requests (models with a free first "
+        "dimension); 1 turns batching off.",
+    )
+    max_batch_delay_ms: float = _setting(
+        0.0,
+        "SERVING_MAX_BATCH_DELAY_MS",
+        "--max-batch-delay-ms",
+        _non_negative_number,
+        "Milliseconds a partial batch waits for more requests; 0 batches only what queued "
+        "while the previous run was busy.",
+        default_text="0",
     )
     timeout: int = _setting(
         60,

@@ -29,9 +29,20 @@ def test_handlers_never_import_flask_or_onnxruntime(statement: str) -> None:
 
 @pytest.mark.parametrize("statement", ["import serving.cli", "import serving.server"])
 def test_the_server_side_never_imports_onnxruntime(statement: str) -> None:
-    loaded = modules_after_import(statement)
-    assert "onnxruntime" not in loaded
-    assert "gevent" not in loaded  # the master stays unpatched; gevent is the workers' affair
+    assert "onnxruntime" not in modules_after_import(statement)
+
+
+def test_the_master_is_not_monkey_patched() -> None:
+    """gevent patches each worker after fork; the master must stay a plain process."""
+    code = (
+        "from serving import Settings; from serving.app import create_app; import serving.server; "
+        "create_app(Settings.from_sources({}, cpus=1)); import gevent.monkey; "
+        "print(gevent.monkey.is_anything_patched())"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "False"
 
 
 def test_creating_the_app_imports_no_model_runtime() -> None:

@@ -1,0 +1,131 @@
+"""The executor's batching, in process: concurrent requests share runs, never rows or errors."""
+
+from __future__ import annotations
+
+import threading
+
+import gevent
+import numpy as np
+import pytest
+
+from handlers.errors import InvalidInput
+from handlers.execution import Feeds
+from handlers.tensors import Outputs
+from serving.execution import GeventExecutor
+
+
+class Model:
+    """y = 2x + row sum, row by row; fails any run holding a row of -1s."""
+
+    def __init__(self, delay: float = 0.01) -> None:
+        self.delay = delay
+        self.batches: list[int] = []
+        self.threads: set[int] = set()
+
+    def __call__(self, feeds: Feeds) -> Outputs:
+        x = feeds["x"]
+        self.batches.append(x.shape[0])
+        self.threads.add(threading.get_ident())
+        if (x == -1).all(axis=1).any():
+            raise InvalidInput("a row of -1s")
+        threading.Event().wait(self.delay)  # a model run takes time, outside the GIL
+        return {"y": 2 * x, "total": x.sum(axis=1)}
+
+
+def run_concurrently(
+    executor: GeventExecutor, model: Model, inputs: list[np.ndarray]
+) -> list[object]:
+    def one(x: np.ndarray) -> object:
+        try:
+            return executor.run(model, {"x": x}, batchable=True)
+        except InvalidInput as exc:
+            return exc
+
+    greenlets = [gevent.spawn(one, x) for x in inputs]
+    gevent.joinall(greenlets, raise_error=True)
+    return [g.value for g in greenlets]
+
+
+def rows(seed: int, count: int, width: int = 3) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(count, width)).astype(np.float32)
+
+
+def test_concurrent_requests_share_runs_and_get_their_own_rows() -> None:
+    model = Model()
+    inputs = [rows(seed, count=1 + seed % 3) for seed in range(20)]
+    results = run_concurrently(GeventExecutor(1, max_batch_rows=64), model, inputs)
+    for x, outputs in zip(inputs, results, strict=True):
+        assert isinstance(outputs, dict)
+        np.testing.assert_array_equal(outputs["y"], 2 * x)
+        np.testing.assert_array_equal(outputs["total"], x.sum(axis=1))
+    assert max(model.batches) > 1  # requests queued behind the first run were batched
+    assert len(model.batches) < len(inputs)
+    assert threading.get_ident() not in model.threads  # never on the event loop's thread
+
+
+def test_batches_respect_the_row_limit() -> None:
+    model = Model()
+    inputs = [rows(seed, count=2) for seed in range(12)]
+    run_concurrently(GeventExecutor(1, max_batch_rows=5), model, inputs)
+    assert max(model.batches) <= 4  # whole requests only: two 2-row requests fit in 5
+    assert sum(model.batches) == 24
+
+
+def test_one_bad_request_fails_alone() -> None:
+    model = Model()
+    inputs = [rows(seed, count=1) for seed in range(8)]
+    inputs[5] = -np.ones((1, 3), np.float32)
+    results = run_concurrently(GeventExecutor(1, max_batch_rows=64), model, inputs)
+    for index, (x, outputs) in enumerate(zip(inputs, results, strict=True)):
+        if index == 5:
+            assert isinstance(outputs, InvalidInput)
+        else:
+            assert isinstance(outputs, dict)
+            np.testing.assert_array_equal(outputs["y"], 2 * x)
+
+
+def test_different_trailing_shapes_are_not_mixed() -> None:
+    model = Model()
+    inputs = [rows(seed, count=1, width=3 + seed % 2) for seed in range(10)]
+    results = run_concurrently(GeventExecutor(1, max_batch_rows=64), model, inputs)
+    for x, outputs in zip(inputs, results, strict=True):
+        assert isinstance(outputs, dict)
+        np.testing.assert_array_equal(outputs["y"], 2 * x)
+
+
+def test_outputs_that_do_not_line_up_are_run_again_one_by_one() -> None:
+    class Reducing(Model):
+        def __call__(self, feeds: Feeds) -> Outputs:
+            super().__call__(feeds)
+            return {"mean": feeds["x"].mean(axis=0, keepdims=True)}  # one row per run
+
+    model = Reducing()
+    inputs = [rows(seed, count=2) for seed in range(6)]
+    results = run_concurrently(GeventExecutor(1, max_batch_rows=64), model, inputs)
+    for x, outputs in zip(inputs, results, strict=True):
+        assert isinstance(outputs, dict)
+        np.testing.assert_allclose(outputs["mean"], x.mean(axis=0, keepdims=True))
+
+
+@pytest.mark.parametrize(("batchable", "max_rows"), [(False, 64), (True, 1)])
+def test_no_batching_when_the_model_or_settings_forbid_it(batchable: bool, max_rows: int) -> None:
+    model = Model()
+    executor = GeventExecutor(1, max_batch_rows=max_rows)
+    greenlets = [
+        gevent.spawn(executor.run, model, {"x": rows(seed, 1)}, batchable=batchable)
+        for seed in range(6)
+    ]
+    gevent.joinall(greenlets, raise_error=True)
+    assert model.batches == [1] * 6
+
+
+def test_a_delay_gathers_requests_that_arrive_later() -> None:
+    model = Model(delay=0)
+    executor = GeventExecutor(1, max_batch_rows=64, max_delay=0.05)
+
+    def late(seed: int) -> object:
+        gevent.sleep(0.01 * seed)
+        return executor.run(model, {"x": rows(seed, 1)}, batchable=True)
+
+    gevent.joinall([gevent.spawn(late, seed) for seed in range(4)], raise_error=True)
+    assert model.batches == [4]
