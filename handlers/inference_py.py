@@ -47,7 +47,7 @@ import numpy as np
 from .base import CUSTOM_ATTRIBUTES, Encoded, Handler, InvocationContext
 from .errors import ModelFailed, ModelLoadError, ServingError
 from .onnx_handler import OnnxHandler
-from .tensors import Outputs, as_numeric_array
+from .tensors import Inputs, Outputs, as_numeric_array
 
 log = logging.getLogger(__name__)
 
@@ -247,12 +247,29 @@ class InferencePyHandler(Handler):
     def predict(self, inputs: Any, context: InvocationContext) -> Outputs:
         """What runs without a ``predict_fn``: the ONNX model, or a callable ``model_fn`` gave."""
         if self._onnx is not None:
-            if not isinstance(inputs, np.ndarray | dict):
-                inputs = as_numeric_array(inputs, "input_fn's result")
-            return self._onnx.predict(inputs, context)
-        if callable(self.model):
+            return self._onnx.predict(_as_inputs(inputs), context)
+        if not callable(self.model):
+            raise ModelFailed("no predict_fn, and the model model_fn returned is not callable")
+        try:
             return _as_outputs(self.model(inputs))
-        raise ModelFailed("no predict_fn, and the model model_fn returned is not callable")
+        except ServingError:
+            raise
+        except Exception as exc:  # user code: any exception is the model's failure
+            raise _hook_error("the model from model_fn", exc) from exc
+
+
+def _as_inputs(data: Any) -> Inputs:
+    """What ``input_fn`` returned (arrays, nested lists, or a dict of them) as model inputs."""
+    if isinstance(data, np.ndarray):
+        return data
+    if isinstance(data, dict):
+        return {
+            str(name): value
+            if isinstance(value, np.ndarray)
+            else as_numeric_array(value, f"input {name!r}")
+            for name, value in data.items()
+        }
+    return as_numeric_array(data, "input_fn's result")
 
 
 def _as_outputs(prediction: Any) -> Outputs:

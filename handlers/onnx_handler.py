@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,15 @@ class TensorSpec:
             return array
         if not is_numeric(array):
             raise InvalidInput(f"{what} expects {self.dtype}, got {describe(array)}")
+        if array.dtype.kind == "f" and self.dtype.kind in "iu" and array.size:
+            # A float holds integers exactly only up to 2**(mantissa bits + 1): CSV, or JSON
+            # mixing integers and floats, cannot carry a bigger int64 without rounding it.
+            exact = 2.0 ** (np.finfo(array.dtype).nmant + 1)
+            if np.abs(array).max() >= exact:
+                raise InvalidInput(
+                    f"{what} expects {self.dtype}, and some values are beyond {exact:.0f}, where "
+                    f"{array.dtype} rounds integers; send them as JSON integers or .npy"
+                )
         cast = array.astype(self.dtype)
         # Narrowing floats is how float64 JSON/CSV numbers reach float32 models; anything else
         # that can lose information (fractions to integers, 2 to bool, int64 overflowing
@@ -195,7 +205,31 @@ class OnnxHandler(Handler):
         missing = [spec.name for spec in self.inputs if spec.name not in inputs]
         if missing:
             raise InvalidInput(f"missing input {missing[0]!r}")
-        return {spec.name: spec.conform(inputs[spec.name]) for spec in self.inputs}
+        feeds = {spec.name: spec.conform(inputs[spec.name]) for spec in self.inputs}
+        self._check_named_dims(feeds)
+        return feeds
+
+    def _check_named_dims(self, feeds: Feeds) -> None:
+        """Dimensions the model names alike (``N``) must have one size across inputs."""
+        sizes: dict[str, tuple[int, str]] = {}
+        for spec in self.inputs:
+            for axis, dim in enumerate(spec.shape):
+                if not isinstance(dim, str) or not dim:
+                    continue
+                size = feeds[spec.name].shape[axis]
+                seen = sizes.setdefault(dim, (size, spec.name))
+                if seen[0] != size:
+                    raise InvalidInput(
+                        f"dimension {dim} is {seen[0]} in input {seen[1]!r} "
+                        f"but {size} in input {spec.name!r}"
+                    )
+
+    def accept_types(self) -> Sequence[str] | None:
+        """The codecs' types, less ``.npy`` when the model has several outputs to write."""
+        offers = super().accept_types()
+        if offers is None or len(self.output_names) == 1:
+            return offers
+        return [media_type for media_type in offers if media_type != "application/x-npy"]
 
     def predict(self, inputs: Inputs, context: InvocationContext) -> Outputs:
         return self.config.executor.run(self.run, self.feeds(inputs), batchable=self.batchable)
@@ -216,4 +250,4 @@ def _free_first_dim(shape: Any) -> bool:
 
 
 def _cut(exc: Exception) -> str:
-    return str(exc)[:MAX_MODEL_MESSAGE]
+    return str(exc).strip()[:MAX_MODEL_MESSAGE]

@@ -15,6 +15,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from handlers import Handler, HandlerConfig, InvocationContext, load_handler_class
 from handlers.base import CUSTOM_ATTRIBUTES
 from handlers.codecs import CodecPluginError, CodecRegistry, installed_codecs
+from handlers.codecs.numpy_codecs import MAX_NPZ_EXPANDED_BYTES
 from handlers.errors import InvalidInput, ModelLoadError, NotReady, PayloadTooLarge, ServingError
 from handlers.registry import UnknownHandler, check_handler_name
 
@@ -43,6 +44,15 @@ def handler_config(settings: Settings, codecs: CodecRegistry) -> HandlerConfig:
         codecs=codecs,
         executor=executor,
     )
+
+
+#: What one body may decode to, as a multiple of the body limit (bounds compressed .npz).
+DECODED_SIZE_FACTOR = 16
+
+
+def decoded_size_limit(settings: Settings) -> int:
+    limit = settings.max_payload_bytes
+    return DECODED_SIZE_FACTOR * limit if limit is not None else MAX_NPZ_EXPANDED_BYTES
 
 
 def handler_name(settings: Settings) -> str:
@@ -88,7 +98,7 @@ def create_app(
     """
     if codecs is None:
         try:
-            codecs = installed_codecs()
+            codecs = installed_codecs(decoded_size_limit(settings))
         except CodecPluginError as exc:
             raise SettingsError(str(exc)) from None
     if make_handler is None:
@@ -103,7 +113,8 @@ def create_app(
     app = Flask("serving")
     # One byte over the limit: Werkzeug stops a chunked body at its maximum without raising,
     # so a body that reaches limit + 1 bytes is how an oversize chunked body shows itself.
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_payload_bytes + 1
+    limit = settings.max_payload_bytes
+    app.config["MAX_CONTENT_LENGTH"] = None if limit is None else limit + 1
     state = ModelState(make_handler, settings.default_accept)
     app.extensions["serving"] = state
 
@@ -111,7 +122,7 @@ def create_app(
     def ping() -> Response:
         if state.handler is None:
             raise NotReady("the model is not loaded")
-        return Response(status=HTTPStatus.OK)
+        return Response(status=HTTPStatus.OK, content_type="text/plain")
 
     @app.post("/invocations")
     def invocations() -> Response:
@@ -143,15 +154,19 @@ def load_model(app: Flask) -> None:
 
 
 def _read_body(settings: Settings) -> bytes:
+    limit = settings.max_payload_bytes
     try:
         body: bytes | None = request.get_data(cache=False)
     except RequestEntityTooLarge:  # Content-Length over the limit: nothing was read
         body = None
-    if body is None or len(body) > settings.max_payload_bytes:
+    if body is None or (limit is not None and len(body) > limit):
         raise PayloadTooLarge(
             f"request body is larger than the {settings.max_payload_mb:g} MiB limit "
             "(SAGEMAKER_MAX_PAYLOAD_IN_MB)"
         )
+    declared = request.content_length
+    if declared is not None and len(body) < declared:
+        raise InvalidInput(f"request body ended after {len(body)} of its {declared} bytes")
     if not body:
         raise InvalidInput("the request body is empty")
     return body

@@ -80,7 +80,12 @@ class GeventExecutor:
         return outputs
 
     def _call(self, runner: Runner, feeds: Feeds) -> Outputs:
-        outputs: Outputs = self._threads().apply(runner, (feeds,))
+        # The error comes back as a value: gevent prints every exception that leaves a pool
+        # thread to stderr, tracebacks and all, even though apply() re-raises it here.
+        outcome: tuple[Outputs, Exception | None] = self._threads().apply(_capture, (runner, feeds))
+        outputs, error = outcome
+        if error is not None:
+            raise error
         return outputs
 
     def _dispatch(self, runner: Runner, lane: _Lane) -> None:
@@ -124,6 +129,13 @@ class GeventExecutor:
                 request.result.set(self._call(runner, request.feeds))
             except Exception as exc:  # noqa: BLE001 - handed to the waiting request
                 request.result.set_exception(exc)
+
+
+def _capture(runner: Runner, feeds: Feeds) -> tuple[Outputs, Exception | None]:
+    try:
+        return runner(feeds), None
+    except Exception as exc:  # noqa: BLE001 - re-raised in the calling greenlet
+        return {}, exc
 
 
 def _rows(feeds: Feeds) -> int:

@@ -35,9 +35,9 @@ def choose_accept(request: Request, offers: Sequence[str] | None, default: str) 
     accept = _without_parameters(request.accept_mimetypes)
     if not accept:
         return default
-    if offers is None:
-        chosen = _preferred_concrete(accept) or accept.best_match([default])
-        available = "a concrete media type"
+    if offers is None:  # the handler writes any type: pass the client's preference on
+        chosen = _preferred(accept, default)
+        available = "any type with a quality above 0"
     else:
         ordered = [default, *(media_type for media_type in offers if media_type != default)]
         chosen = accept.best_match(ordered)
@@ -50,11 +50,17 @@ def choose_accept(request: Request, offers: Sequence[str] | None, default: str) 
     return chosen
 
 
-def _preferred_concrete(accept: MIMEAccept) -> str | None:
-    for value, quality in accept:  # Werkzeug keeps them by preference
-        if quality > 0 and "*" not in value:
-            return value
-    return None
+def _preferred(accept: MIMEAccept, default: str) -> str | None:
+    """The client's most preferred concrete type, unless it prefers ``default`` more; failing
+    both, its most preferred wildcard (Werkzeug keeps the values in order of preference)."""
+    acceptable = [(value, quality) for value, quality in accept if quality > 0]
+    concrete = [(value, quality) for value, quality in acceptable if "*" not in value]
+    default_quality = accept.quality(default)
+    if concrete and concrete[0][1] >= default_quality:
+        return concrete[0][0]
+    if default_quality > 0:
+        return default
+    return acceptable[0][0] if acceptable else None
 
 
 def _without_parameters(accept: MIMEAccept) -> MIMEAccept:

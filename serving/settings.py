@@ -82,16 +82,6 @@ def _integer(low: int, high: int | None = None) -> Callable[[str], int]:
     return parse
 
 
-def _positive_number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError("not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise ValueError("must be a positive number")
-    return value
-
-
 def _non_negative_number(text: str) -> float:
     try:
         value = float(text)
@@ -298,8 +288,9 @@ class Settings:
         6.0,
         "SAGEMAKER_MAX_PAYLOAD_IN_MB",
         "--max-payload-mb",
-        _positive_number,
-        "Largest request body in MiB; larger ones get 413 (batch transform sends up to 100).",
+        _non_negative_number,
+        "Largest request body in MiB; larger ones get 413 (batch transform sends up to 100). "
+        "0, as batch transform sets for chunked bodies, means no limit.",
         default_text="6",
     )
     log_level: int = _setting(
@@ -321,8 +312,9 @@ class Settings:
     )
 
     @property
-    def max_payload_bytes(self) -> int:
-        return int(self.max_payload_mb * 1024 * 1024)
+    def max_payload_bytes(self) -> int | None:
+        """The body limit in bytes; ``None`` when there is none."""
+        return int(self.max_payload_mb * 1024 * 1024) or None
 
     @classmethod
     def from_sources(

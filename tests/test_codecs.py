@@ -7,6 +7,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from numpy.lib import format as npy_format
 
 from handlers.codecs import (
     CodecRegistry,
@@ -17,9 +18,9 @@ from handlers.codecs import (
     NpyCodec,
     NpzCodec,
     default_codecs,
-    numpy_codecs,
 )
 from handlers.errors import InvalidInput, NotAcceptable
+from handlers.tensors import Outputs
 from tests.wire import npy_bytes
 
 
@@ -80,25 +81,66 @@ def test_npy_with_extra_bytes_is_refused() -> None:
         NpyCodec().decode(npy_bytes(np.zeros((2, 4), np.float32)) + b"junk")
 
 
-def test_npz_that_would_expand_past_the_cap_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(numpy_codecs, "MAX_NPZ_EXPANDED_BYTES", 1000)
+def test_npz_that_would_expand_past_the_cap_is_refused() -> None:
     buffer = io.BytesIO()
     np.savez_compressed(buffer, x=np.zeros(10_000))
     assert len(buffer.getvalue()) < 1000
     with pytest.raises(InvalidInput, match="expands to"):
+        NpzCodec(max_expanded_bytes=1000).decode(buffer.getvalue())
+    assert NpzCodec(max_expanded_bytes=100_000).decode(buffer.getvalue())
+
+
+def npy_with_header(shape: tuple[int, ...], data: bytes = b"") -> bytes:
+    buffer = io.BytesIO()
+    header = {"descr": "<f4", "fortran_order": False, "shape": shape}
+    npy_format.write_array_header_1_0(buffer, header)
+    return buffer.getvalue() + data
+
+
+@pytest.mark.parametrize("shape", [(-2, -2), (2**62, 2**62, 0)])
+def test_npy_with_an_impossible_shape_is_refused(shape: tuple[int, ...]) -> None:
+    with pytest.raises(InvalidInput, match="impossible shape"):
+        NpyCodec().decode(npy_with_header(shape))
+
+
+def test_encrypted_npz_member_is_refused() -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, x=np.zeros(2))
+    body = bytearray(buffer.getvalue())
+    for signature, flags_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        start = body.index(signature)
+        body[start + flags_at] |= 1  # the "encrypted" flag
+    with pytest.raises(InvalidInput, match="cannot be read"):
+        NpzCodec().decode(bytes(body))
+
+
+def test_npz_naming_an_array_twice_is_refused() -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("x.npy", npy_bytes(np.zeros(2)))
+        archive.writestr("x", npy_bytes(np.ones(2)))
+    with pytest.raises(InvalidInput, match="names an array twice"):
         NpzCodec().decode(buffer.getvalue())
 
 
-def test_npz_member_larger_than_declared_is_refused() -> None:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("x.npy", npy_bytes(np.zeros(4)))
-    body = bytearray(buffer.getvalue())
-    # shrink the declared size in the central directory (the local header is not used)
-    central = body.rindex(b"PK\x01\x02")
-    body[central + 24 : central + 28] = (10).to_bytes(4, "little")
-    with pytest.raises(InvalidInput, match=r"x\.npy"):
-        NpzCodec().decode(bytes(body))
+def test_npz_encodes_outputs_whatever_their_names() -> None:
+    outputs: Outputs = {"file": np.arange(3), "allow_pickle": np.ones(2, np.float32)}
+    with np.load(io.BytesIO(NpzCodec().encode(outputs)), allow_pickle=False) as archive:
+        assert archive.files == ["file", "allow_pickle"]
+        np.testing.assert_array_equal(archive["file"], [0, 1, 2])
+
+
+def test_record_formats_write_nothing_for_no_records() -> None:
+    assert CsvCodec().encode({"y": np.zeros((0, 4), np.float32)}) == b""
+    assert JsonLinesCodec().encode({"y": np.zeros((0, 4), np.float32)}) == b""
+
+
+@pytest.mark.parametrize(
+    ("codec", "body"),
+    [(CsvCodec(), b"1,2\n"), (JsonCodec(), b"[[1, 2]]"), (JsonLinesCodec(), b"[1, 2]\n")],
+)
+def test_a_utf8_byte_order_mark_is_ignored(codec: CsvCodec | JsonCodec, body: bytes) -> None:
+    np.testing.assert_array_equal(codec.decode(b"\xef\xbb\xbf" + body), [[1, 2]])
 
 
 @pytest.mark.parametrize(
@@ -107,6 +149,7 @@ def test_npz_member_larger_than_declared_is_refused() -> None:
         (b"[1, 2]\n\n[3, 4]\n", [[1, 2], [3, 4]]),
         (b'{"instances": [[1, 2], [3, 4]]}\n[5, 6]', [[1, 2], [3, 4], [5, 6]]),
         (b'{"features": [1, 2]}\r\n{"data": {"features": {"values": [3, 4]}}}', [[1, 2], [3, 4]]),
+        (b'{"inputs": [1, 2]}\n{"inputs": [3, 4]}', [[1, 2], [3, 4]]),
     ],
 )
 def test_jsonlines_records(body: bytes, expected: list[list[int]]) -> None:

@@ -100,9 +100,11 @@ def test_with_transform_fn_any_type_is_taken_and_star_accept_gets_the_default(
 
 
 INPUT_FN_ONLY = """
-    import numpy as np
+    import json
 
     def input_fn(input_data, content_type):
+        if content_type == "application/json":
+            return json.loads(input_data)  # the toolkit habit: a dict of lists
         # "a;b;c;d" lines: a format no codec knows
         return [[float(v) for v in line.split(";")] for line in input_data.decode().splitlines()]
 """
@@ -126,6 +128,11 @@ def test_input_fn_alone_falls_back_to_onnx_and_the_codecs(
     response = server.post("/invocations", b"1;2;3", {"Content-Type": "text/x-semicolons"})
     assert response.status_code == 400
     assert "dimension 1 must be 4" in response.json()["error"]
+    # what input_fn returns as plain JSON (a dict of lists) reaches the model too
+    named = json.dumps({"x": X.tolist()}).encode()
+    response = server.post("/invocations", named, {"Content-Type": "application/json"})
+    assert response.status_code == 200, response.text
+    np.testing.assert_array_equal(np.array(response.json()["predictions"], np.float32), expected)
     # and our encoders still refuse what they cannot write
     response = server.post(
         "/invocations", body, {"Content-Type": "text/x-semicolons", "Accept": "image/gif"}
@@ -229,6 +236,30 @@ def test_errors_raised_in_each_hook(
     assert response.status_code == status
     assert response.json() == {"error": message}
     assert server.post("/invocations", b"[1, 2]", JSON).json() == {"echo": [6]}
+
+
+CALLABLE_MODEL = """
+    import numpy as np
+
+    def model_fn(model_dir):
+        def model(data):
+            if data.shape[1] != 2:
+                raise ValueError(f"want 2 columns, got {data.shape[1]}")
+            return {"sum": data.sum(axis=1)}
+        return model
+"""
+
+
+def test_a_callable_model_without_predict_fn(serve_code: ServeCode) -> None:
+    server = serve_code(CALLABLE_MODEL)
+    response = server.post("/invocations", b"1,2\n3,4\n", {"Content-Type": "text/csv"})
+    assert response.status_code == 200, response.text
+    assert response.json() == {"predictions": [3.0, 7.0]}
+    response = server.post("/invocations", b"1,2,3\n", {"Content-Type": "text/csv"})
+    assert response.status_code == 500
+    assert response.json() == {
+        "error": "the model from model_fn raised ValueError: want 2 columns, got 3"
+    }
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from handlers import HandlerConfig, InvocationContext
+from handlers.base import Encoded
 from handlers.onnx_handler import OnnxHandler
 from handlers.tensors import Inputs, Outputs
 from serving import Settings
@@ -139,3 +140,42 @@ def test_handler_may_replace_custom_attributes(linear_model: Path) -> None:
     )
     assert response.status_code == 200
     assert response.headers["X-Amzn-SageMaker-Custom-Attributes"] == "seen=a=1"
+
+
+class WritesAnything(OnnxHandler):
+    """Takes and writes any media type, echoing what was negotiated."""
+
+    def content_types(self) -> None:
+        return None
+
+    def accept_types(self) -> None:
+        return None
+
+    def invoke(self, body: bytes, context: InvocationContext) -> Encoded:
+        return Encoded(context.accept.encode(), "text/plain")
+
+
+@pytest.mark.parametrize(
+    ("accept", "passed"),
+    [
+        (None, "application/json"),
+        ("*/*", "application/json"),
+        ("text/csv", "text/csv"),
+        ("text/csv, */*;q=0.1", "text/csv"),
+        ("text/csv;q=0.1, */*", "application/json"),
+        ("application/json;q=0.5, application/x-thing", "application/x-thing"),
+        ("text/*", "text/*"),  # the handler decides what a wildcard means
+    ],
+)
+def test_a_handler_that_writes_any_type_gets_the_clients_preference(
+    linear_model: Path, accept: str | None, passed: str
+) -> None:
+    config = HandlerConfig(model_dir=linear_model.parent)
+    app = create_app(Settings.from_sources({}, cpus=1), make_handler=lambda: WritesAnything(config))
+    load_model(app)
+    headers = {"Content-Type": "application/x-anything"}
+    if accept is not None:
+        headers["Accept"] = accept
+    response = app.test_client().post("/invocations", data=b"?", headers=headers)
+    assert response.status_code == 200
+    assert response.data == passed.encode()

@@ -4,8 +4,9 @@ that keeps serving afterwards."""
 from __future__ import annotations
 
 import json
-import os
 import pickle
+import re
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -135,6 +136,14 @@ MIXED_CASES = {
     "2 for a boolean input": (_mixed(c=[2]), "input 'c' expects bool"),
     "missing input": (_mixed(c=None), "missing input 'c'"),
     "bare array for several inputs": (b"[[1, 2, 3]]", "the model has 3 inputs (a, b, c)"),
+    "rows that disagree across inputs": (
+        _mixed(c=[True, False]),
+        "dimension N is 1 in input 'a' but 2 in input 'c'",
+    ),
+    "an int64 beyond float64's exact integers": (
+        _mixed(b=[[9007199254740993, 2.0, 3]]),
+        "input 'b' expects int64, and some values are beyond 9007199254740992",
+    ),
 }
 
 
@@ -205,4 +214,41 @@ def test_pings_are_not_access_logged(linear_server: ServerProcess) -> None:
     log = linear_server.log()
     assert '"POST /invocations HTTP/1.1" 200' in log
     assert "/ping" not in log
-    assert os.linesep == "\n"
+
+
+TIMESTAMPED = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ \[\d+\] [\w.]+: ")
+
+
+def test_logs_are_one_line_per_event(failing_server: ServerProcess) -> None:
+    failing_server.post("/invocations", b"[1, 2, 3]", {"Content-Type": JSON})  # logs a traceback
+    lines = failing_server.log().splitlines()
+    assert any("Traceback" in line for line in lines)
+    assert all(TIMESTAMPED.match(line) for line in lines), [
+        line for line in lines if not TIMESTAMPED.match(line)
+    ]
+    assert any("serving.server: configuration: handler=" in line for line in lines)
+
+
+def test_client_errors_are_logged_without_a_stack_trace(linear_server: ServerProcess) -> None:
+    linear_server.post("/invocations", b"[[1, 2]]", {"Content-Type": JSON})
+    log = linear_server.log()
+    assert "400 InvalidInput: input 'x' expects shape" in log
+    assert "Traceback" not in log  # this server has only seen client errors
+
+
+def test_connections_are_kept_alive(linear_server: ServerProcess) -> None:
+    response = linear_server.post("/invocations", GOOD_ROW, {"Content-Type": JSON})
+    assert response.headers["Connection"] == "keep-alive"
+
+
+def test_a_body_shorter_than_its_content_length_is_refused(linear_server: ServerProcess) -> None:
+    with socket.create_connection(("127.0.0.1", linear_server.port), timeout=10) as conn:
+        conn.sendall(
+            b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\n"
+            b"Content-Length: 1000\r\n\r\n1,2,3,4\n"
+        )
+        conn.shutdown(socket.SHUT_WR)
+        reply = b"".join(iter(lambda: conn.recv(65536), b""))
+    assert reply.startswith(b"HTTP/1.1 400"), reply
+    assert b"request body ended after 8 of its 1000 bytes" in reply
+    assert_still_serving(linear_server)

@@ -51,6 +51,7 @@ def test_base_dir_variable_names_the_model_folder() -> None:
         ({"SAGEMAKER_CONTAINER_LOG_LEVEL": "WARNING"}, ("log_level", logging.WARNING)),
         ({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "100"}, ("max_payload_bytes", 100 * 1024 * 1024)),
         ({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "0.5"}, ("max_payload_bytes", 512 * 1024)),
+        ({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "0"}, ("max_payload_bytes", None)),  # chunked jobs
         ({"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "Text/CSV"}, ("default_accept", "text/csv")),
         ({"SERVING_PROVIDERS": "A, B"}, ("providers", ("A", "B"))),
         ({"SERVING_LOG_PINGS": "true"}, ("log_pings", True)),
@@ -69,7 +70,7 @@ def test_values_parse(environ: dict[str, str], expected: tuple[str, object]) -> 
         ({"SAGEMAKER_BIND_TO_PORT": "0"}, "SAGEMAKER_BIND_TO_PORT='0': must be between 1"),
         ({"SAGEMAKER_MODEL_SERVER_WORKERS": "-1"}, "SAGEMAKER_MODEL_SERVER_WORKERS='-1'"),
         ({"SAGEMAKER_MODEL_SERVER_TIMEOUT": "1.5"}, "SAGEMAKER_MODEL_SERVER_TIMEOUT='1.5'"),
-        ({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "0"}, "SAGEMAKER_MAX_PAYLOAD_IN_MB='0': must be"),
+        ({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "-1"}, "SAGEMAKER_MAX_PAYLOAD_IN_MB='-1': must be"),
         ({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "lots"}, "SAGEMAKER_MAX_PAYLOAD_IN_MB='lots'"),
         ({"SAGEMAKER_CONTAINER_LOG_LEVEL": "LOUD"}, "SAGEMAKER_CONTAINER_LOG_LEVEL='LOUD'"),
         ({"SAGEMAKER_CONTAINER_LOG_LEVEL": "99"}, "SAGEMAKER_CONTAINER_LOG_LEVEL='99'"),
@@ -153,8 +154,12 @@ def test_cgroup_quota(
     assert cgroup_cpu_quota(root, tmp_path / "self") == quota
 
 
-def test_available_cpus_takes_the_smaller_of_quota_and_affinity(tmp_path: Path) -> None:
-    affinity = len(os.sched_getaffinity(0))
+def test_available_cpus_takes_the_smaller_of_quota_and_affinity(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)  # the host's count must not matter
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 2, 5})
+    affinity = 3
     (tmp_path / "self").write_text("0::/\n")
     unlimited = _cgroup(tmp_path / "unlimited", {"cpu.max": "max 100000"})
     assert available_cpus(unlimited, tmp_path / "self") == affinity

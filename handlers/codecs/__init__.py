@@ -11,19 +11,24 @@ from __future__ import annotations
 
 from .csv_codec import CsvCodec
 from .json_codecs import JsonCodec, JsonLinesCodec
-from .numpy_codecs import NpyCodec, NpzCodec
+from .numpy_codecs import MAX_NPZ_EXPANDED_BYTES, NpyCodec, NpzCodec
 from .plugins import CODEC_GROUP, CodecPluginError, register_codec_plugins
 from .registry import CodecRegistry, Decoder, DuplicateMediaType, Encoder
 
 
-def default_codecs() -> CodecRegistry:
-    """A new registry holding the built-in codecs, JSON first."""
-    return CodecRegistry([JsonCodec(), JsonLinesCodec(), CsvCodec(), NpyCodec(), NpzCodec()])
+def default_codecs(max_expanded_bytes: int = MAX_NPZ_EXPANDED_BYTES) -> CodecRegistry:
+    """A new registry holding the built-in codecs, JSON first.
+
+    ``max_expanded_bytes`` bounds what one compressed ``.npz`` body may unpack to.
+    """
+    return CodecRegistry(
+        [JsonCodec(), JsonLinesCodec(), CsvCodec(), NpyCodec(), NpzCodec(max_expanded_bytes)]
+    )
 
 
-def installed_codecs() -> CodecRegistry:
+def installed_codecs(max_expanded_bytes: int = MAX_NPZ_EXPANDED_BYTES) -> CodecRegistry:
     """The built-in codecs plus those of installed plugins (see :mod:`.plugins`)."""
-    return register_codec_plugins(default_codecs())
+    return register_codec_plugins(default_codecs(max_expanded_bytes))
 
 
 __all__ = [

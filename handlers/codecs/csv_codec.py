@@ -15,13 +15,14 @@ import numpy as np
 
 from ..errors import InvalidInput
 from ..tensors import Array, Inputs, Outputs
-from .json_codecs import record_count
+from .json_codecs import record_count, strip_bom
 
 
 class CsvCodec:
     media_type = "text/csv"
 
     def decode(self, body: bytes) -> Inputs:
+        body = strip_bom(body)
         if not body.strip():
             raise InvalidInput("text/csv body has no records")
         try:
@@ -33,6 +34,8 @@ class CsvCodec:
 
     def encode(self, outputs: Outputs) -> bytes:
         count = record_count(outputs, self.media_type)
+        if count == 0:
+            return b""
         columns = [_as_text(array.reshape(count, -1)) for array in outputs.values()]
         table = np.concatenate(columns, axis=1) if len(columns) > 1 else columns[0]
         return "".join(",".join(row) + "\n" for row in table.tolist()).encode()

@@ -31,6 +31,11 @@ _DUMP_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 Record = Any  # one row of the model's one input, or a dict of rows by input name
 
 
+def strip_bom(body: bytes) -> bytes:
+    """``body`` without a leading UTF-8 byte order mark (some Windows tools write one)."""
+    return body[3:] if body.startswith(b"\xef\xbb\xbf") else body
+
+
 def _loads(text: bytes, where: str) -> Any:
     try:
         return orjson.loads(text)
@@ -132,7 +137,7 @@ class JsonCodec:
     media_type = "application/json"
 
     def decode(self, body: bytes) -> Inputs:
-        return decode_document(_loads(body, "body "))
+        return decode_document(_loads(strip_bom(body), "body "))
 
     def encode(self, outputs: Outputs) -> bytes:
         return _dumps(_response(outputs))
@@ -145,7 +150,7 @@ class JsonLinesCodec:
 
     def decode(self, body: bytes) -> Inputs:
         records: list[Record] = []
-        for number, line in enumerate(body.splitlines(), start=1):
+        for number, line in enumerate(strip_bom(body).splitlines(), start=1):
             if not line.strip():
                 continue
             where = f"line {number}: "
@@ -155,8 +160,8 @@ class JsonLinesCodec:
                 if not isinstance(instances, list):
                     raise InvalidInput(f'{where}"instances" must be an array')
                 records.extend(_instance_record(item, where) for item in instances)
-            elif isinstance(document, dict) and isinstance(document.get("inputs"), dict):
-                records.append(document["inputs"])
+            elif isinstance(document, dict) and "inputs" in document:
+                records.append(document["inputs"])  # one record: named values, or an array
             else:
                 records.append(_instance_record(document, where))
         return _assemble(records, "JSON Lines")

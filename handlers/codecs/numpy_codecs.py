@@ -18,8 +18,9 @@ from numpy.lib import format as npy_format
 from ..errors import InvalidInput, NotAcceptable
 from ..tensors import Array, Inputs, Outputs
 
-#: Largest total size the arrays of one ``.npz`` body may expand to (compressed members
-#: could otherwise unpack to far more memory than the body limit suggests).
+#: Default for the largest total size the arrays of one ``.npz`` body may expand to
+#: (compressed members could otherwise unpack to far more memory than the body limit
+#: suggests); the server sets it from the body limit.
 MAX_NPZ_EXPANDED_BYTES = 1 << 30
 
 _HEADER_READERS = {
@@ -52,6 +53,8 @@ def read_npy(body: bytes | memoryview) -> Array:
     except (ValueError, EOFError) as exc:  # bad magic, truncated or malformed header
         raise InvalidInput(f"body is not a valid .npy array: {exc}") from exc
     _refuse_unless_numeric(dtype, ".npy array")
+    if any(not isinstance(dim, int) or dim < 0 for dim in shape):
+        raise InvalidInput(f".npy header declares an impossible shape {shape}")
     offset = stream.tell()
     count = math.prod(shape)
     expected = count * dtype.itemsize
@@ -61,9 +64,12 @@ def read_npy(body: bytes | memoryview) -> Array:
             f"but the body has {len(body) - offset}"
         )
     flat = np.frombuffer(body, dtype=dtype, count=count, offset=offset)
-    if fortran_order:
-        return flat.reshape(shape[::-1]).transpose()
-    return flat.reshape(shape)
+    try:
+        if fortran_order:
+            return flat.reshape(shape[::-1]).transpose()
+        return flat.reshape(shape)
+    except ValueError as exc:  # e.g. an empty array whose other dimensions overflow
+        raise InvalidInput(f".npy header declares an impossible shape {shape}: {exc}") from exc
 
 
 class NpyCodec:
@@ -88,6 +94,9 @@ class NpzCodec:
 
     media_type = "application/x-npz"
 
+    def __init__(self, max_expanded_bytes: int = MAX_NPZ_EXPANDED_BYTES) -> None:
+        self.max_expanded_bytes = max_expanded_bytes
+
     def decode(self, body: bytes) -> Inputs:
         try:
             archive = zipfile.ZipFile(io.BytesIO(body))
@@ -98,32 +107,40 @@ class NpzCodec:
             if not members:
                 raise InvalidInput(".npz archive holds no arrays")
             expanded = sum(member.file_size for member in members)
-            if expanded > MAX_NPZ_EXPANDED_BYTES:
+            if expanded > self.max_expanded_bytes:
                 raise InvalidInput(
                     f".npz archive expands to {expanded} bytes, more than the "
-                    f"{MAX_NPZ_EXPANDED_BYTES} allowed"
+                    f"{self.max_expanded_bytes} allowed"
                 )
-            return {_array_name(m.filename): self._read_member(archive, m) for m in members}
+            names = [_array_name(member.filename) for member in members]
+            if len(set(names)) < len(names):
+                raise InvalidInput(f".npz archive names an array twice: {', '.join(names)}")
+            return {
+                name: self._read_member(archive, m) for name, m in zip(names, members, strict=True)
+            }
 
     @staticmethod
     def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> Array:
         what = f".npz member {member.filename!r}"
         try:
-            with archive.open(member) as stream:
-                # Read no more than declared: the declared sizes were checked against the cap.
-                data = stream.read(member.file_size + 1)
-        except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as exc:
+            # zipfile stops at the declared size, which was checked against the cap.
+            data = archive.read(member)
+        except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError) as exc:
+            # RuntimeError: an encrypted member
             raise InvalidInput(f"{what} cannot be read: {exc}") from exc
-        if len(data) > member.file_size:
-            raise InvalidInput(f"{what} is larger than its declared size")
         try:
             return read_npy(data)
         except InvalidInput as exc:
             raise InvalidInput(f"{what}: {exc.message}") from exc
 
     def encode(self, outputs: Outputs) -> bytes:
+        # Written member by member, as np.savez does: np.savez(**outputs) would take outputs
+        # named "file" or "allow_pickle" for its own arguments.
         buffer = io.BytesIO()
-        np.savez(buffer, allow_pickle=False, **outputs)
+        with zipfile.ZipFile(buffer, "w") as archive:
+            for name, array in outputs.items():
+                with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                    npy_format.write_array(member, np.asanyarray(array), allow_pickle=False)
         return buffer.getvalue()
 
 
