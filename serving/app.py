@@ -113,8 +113,8 @@ def create_app(
     app = Flask("serving")
     # One byte over the limit: Werkzeug stops a chunked body at its maximum without raising,
     # so a body that reaches limit + 1 bytes is how an oversize chunked body shows itself.
-    limit = settings.max_payload_bytes
-    app.config["MAX_CONTENT_LENGTH"] = None if limit is None else limit + 1
+    body_limit = settings.max_payload_bytes
+    app.config["MAX_CONTENT_LENGTH"] = None if body_limit is None else body_limit + 1
     state = ModelState(make_handler, settings.default_accept)
     app.extensions["serving"] = state
 
@@ -131,7 +131,7 @@ def create_app(
             raise NotReady("the model is not loaded")
         content_type = choose_content_type(request, handler.content_types())
         accept = choose_accept(request, handler.accept_types(), settings.default_accept)
-        body = _read_body(settings)
+        body = _read_body(settings, body_limit)
         g.context = context = InvocationContext(
             content_type=content_type,
             accept=accept,
@@ -153,8 +153,7 @@ def load_model(app: Flask) -> None:
     state.load()
 
 
-def _read_body(settings: Settings) -> bytes:
-    limit = settings.max_payload_bytes
+def _read_body(settings: Settings, limit: int | None) -> bytes:
     try:
         body: bytes | None = request.get_data(cache=False)
     except RequestEntityTooLarge:  # Content-Length over the limit: nothing was read

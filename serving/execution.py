@@ -1,22 +1,27 @@
-"""Model runs off the event loop, in native threads, with adaptive micro-batching.
+"""Model runs for a gevent worker: inline or in native threads, with adaptive micro-batching.
 
-onnxruntime releases the GIL inside ``InferenceSession.run``, so a worker runs it in a gevent
-native thread pool and keeps its event loop free for ``/ping`` and for parsing the next
-requests. At most ``concurrency`` runs are in flight per worker.
+**Where a run happens.** A short run is cheaper on the worker's event loop than the hand-off
+to a thread (about 0.1 ms both ways), and blocks the loop only briefly. A long one goes to a
+gevent native thread pool: onnxruntime releases the GIL inside ``InferenceSession.run``, so the
+event loop stays free for ``/ping`` and for parsing the next requests. The executor keeps a
+running estimate of each model's time per row and runs inline what it expects to finish within
+``inline_limit`` seconds. At most ``concurrency`` runs are in flight per worker.
 
-Batching is adaptive: a request that arrives while the worker's runs are all busy waits in a
-queue, and when a run finishes, the next one takes every compatible queued request at once
-(same shapes past the first axis), up to ``max_batch_rows`` rows. An idle server therefore
-runs each request alone with no added delay, and a loaded one batches as much as the load
-gives; ``max_delay`` (off by default) also holds a partial batch back to gather more.
+**Batching** (models with a free first dimension). Requests queue per model; a dispatcher lets
+the event loop turn once, so that every request already received can join, then takes the
+oldest request and every compatible one queued after it (same names, dtypes and shapes past
+the first axis) up to ``max_batch_rows`` rows, runs them as one, and splits the outputs back
+by row counts. An idle server runs each request alone with no added delay; a loaded one
+batches as much as the load gives. ``max_delay`` (off by default) holds a partial batch back
+to gather more.
 
-No request sees another's rows: outputs are split back by each request's row count, and if a
-shared run fails, or its outputs do not line up with its inputs, every member is run again
-alone, so one request's bad data fails only that request.
+No request sees another's rows or errors: if a shared run fails, or its outputs do not line up
+with its inputs, each member is run again alone.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -28,6 +33,12 @@ from gevent.threadpool import ThreadPool
 
 from handlers.execution import Feeds, Runner
 from handlers.tensors import Outputs
+
+#: Weight of the newest run in the running estimate of a model's time per row.
+ESTIMATE_WEIGHT = 0.2
+
+#: Set on a waiting request's result to make its greenlet the lane's dispatcher.
+_LEAD = object()
 
 
 @dataclass
@@ -41,61 +52,93 @@ class _Request:
 
 @dataclass
 class _Lane:
-    """The queue of one runner (one model)."""
+    """One model's queue and its running estimate of seconds per row (0: not measured yet)."""
 
     pending: deque[_Request] = field(default_factory=deque)
     dispatchers: int = 0
+    seconds_per_row: float = 0.0
 
 
 class GeventExecutor:
-    """Runs model calls in a native thread pool; batches concurrent ones.
+    """Runs model calls inline or in a native thread pool; batches concurrent ones.
 
     Built in the server's master but used in workers only: the thread pool is created on first
     use, after fork and after gevent has patched the worker. Everything but the model call
     runs in the worker's event loop, so the queues need no locks.
     """
 
-    def __init__(self, concurrency: int, max_batch_rows: int, max_delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        concurrency: int,
+        max_batch_rows: int,
+        max_delay: float = 0.0,
+        inline_limit: float = 0.001,
+    ) -> None:
         self.concurrency = concurrency
         self.max_batch_rows = max_batch_rows
         self.max_delay = max_delay
+        self.inline_limit = inline_limit
         self._pool: ThreadPool | None = None
         self._lanes: dict[Runner, _Lane] = {}
+
+    def run(self, runner: Runner, feeds: Feeds, *, batchable: bool) -> Outputs:
+        lane = self._lanes.setdefault(runner, _Lane())
+        if not batchable or self.max_batch_rows <= 1:
+            return self._execute(runner, lane, feeds, _rows(feeds))
+        request = _Request(feeds, _rows(feeds), _key(feeds))
+        lane.pending.append(request)
+        if lane.dispatchers < self.concurrency:
+            lane.dispatchers += 1
+            request.result.set(_LEAD)
+        outcome = request.result.get()
+        while outcome is _LEAD:  # this request's greenlet runs the next batch
+            request.result = AsyncResult()
+            self._dispatch(runner, lane)
+            outcome = request.result.get()
+        return outcome  # type: ignore[no-any-return]
+
+    def _execute(self, runner: Runner, lane: _Lane, feeds: Feeds, rows: int) -> Outputs:
+        """One run, inline if it should be short, else in a pool thread; updates the estimate."""
+        # Unmeasured models run in a thread first: a slow first run must not stall the loop.
+        inline = 0 < lane.seconds_per_row * rows < self.inline_limit
+        if inline:
+            outputs, error, seconds = _timed(runner, feeds)
+        else:
+            # The error comes back as a value: gevent prints every exception that leaves a
+            # pool thread to stderr, tracebacks and all, even though apply() re-raises it.
+            outputs, error, seconds = self._threads().apply(_timed, (runner, feeds))
+        if error is not None:
+            raise error
+        per_row = seconds / max(rows, 1)
+        lane.seconds_per_row = (
+            per_row
+            if lane.seconds_per_row == 0
+            else (1 - ESTIMATE_WEIGHT) * lane.seconds_per_row + ESTIMATE_WEIGHT * per_row
+        )
+        return outputs
 
     def _threads(self) -> ThreadPool:
         if self._pool is None:
             self._pool = ThreadPool(self.concurrency)
         return self._pool
 
-    def run(self, runner: Runner, feeds: Feeds, *, batchable: bool) -> Outputs:
-        if not batchable or self.max_batch_rows <= 1:
-            return self._call(runner, feeds)
-        request = _Request(feeds, _rows(feeds), _key(feeds))
-        lane = self._lanes.setdefault(runner, _Lane())
-        lane.pending.append(request)
-        if lane.dispatchers < self.concurrency:
-            lane.dispatchers += 1
-            gevent.spawn(self._dispatch, runner, lane)
-        outputs: Outputs = request.result.get()
-        return outputs
-
-    def _call(self, runner: Runner, feeds: Feeds) -> Outputs:
-        # The error comes back as a value: gevent prints every exception that leaves a pool
-        # thread to stderr, tracebacks and all, even though apply() re-raises it here.
-        outcome: tuple[Outputs, Exception | None] = self._threads().apply(_capture, (runner, feeds))
-        outputs, error = outcome
-        if error is not None:
-            raise error
-        return outputs
-
     def _dispatch(self, runner: Runner, lane: _Lane) -> None:
+        """Run one batch from the queue in the calling request's greenlet, then make the
+        oldest request still waiting, if any, the next dispatcher (no extra greenlets).
+
+        The calling request is queued too; a full batch of older requests may leave it out,
+        and it then waits like the others (or is handed the queue itself).
+        """
         try:
-            while lane.pending:
-                if self.max_delay > 0 and sum(r.rows for r in lane.pending) < self.max_batch_rows:
-                    gevent.sleep(self.max_delay)
-                self._run_batch(runner, self._take(lane))
+            gevent.sleep(0)  # one turn of the loop: requests already received join in
+            if self.max_delay > 0 and sum(r.rows for r in lane.pending) < self.max_batch_rows:
+                gevent.sleep(self.max_delay)
+            self._run_batch(runner, lane, self._take(lane))
         finally:
-            lane.dispatchers -= 1
+            if lane.pending:
+                lane.pending[0].result.set(_LEAD)  # wakes that request's greenlet to dispatch
+            else:
+                lane.dispatchers -= 1
 
     def _take(self, lane: _Lane) -> list[_Request]:
         """The oldest request and the compatible ones queued after it, up to the row limit."""
@@ -111,35 +154,50 @@ class GeventExecutor:
         lane.pending.extendleft(reversed(kept))
         return batch
 
-    def _run_batch(self, runner: Runner, batch: list[_Request]) -> None:
-        first_feeds = batch[0].feeds
-        if len(batch) > 1:
-            feeds = {name: np.concatenate([r.feeds[name] for r in batch]) for name in first_feeds}
-            try:
-                outputs = self._call(runner, feeds)
-            except Exception:  # noqa: BLE001 - retried one by one: each gets its own error
-                outputs = None
-            split = _split(outputs, batch) if outputs is not None else None
-            if split is not None:
-                for request, own in zip(batch, split, strict=True):
-                    request.result.set(own)
+    def _run_batch(self, runner: Runner, lane: _Lane, batch: list[_Request]) -> None:
+        """Run ``batch``; every request in it gets its outputs or its error, whatever happens."""
+        try:
+            if len(batch) > 1 and self._run_together(runner, lane, batch):
                 return
-        for request in batch:
-            try:
-                request.result.set(self._call(runner, request.feeds))
-            except Exception as exc:  # noqa: BLE001 - handed to the waiting request
-                request.result.set_exception(exc)
+            for request in batch:
+                try:
+                    request.result.set(self._execute(runner, lane, request.feeds, request.rows))
+                except Exception as exc:  # noqa: BLE001 - handed to the waiting request
+                    request.result.set_exception(exc)
+        except BaseException as exc:  # never leave a request waiting forever
+            for request in batch:
+                if not request.result.ready():
+                    request.result.set_exception(exc)
+            raise
+
+    def _run_together(self, runner: Runner, lane: _Lane, batch: list[_Request]) -> bool:
+        """One run for the whole batch; ``False`` if it must be run one by one instead."""
+        try:
+            names = batch[0].feeds
+            feeds = {name: np.concatenate([r.feeds[name] for r in batch]) for name in names}
+            rows = sum(request.rows for request in batch)
+            split = _split(self._execute(runner, lane, feeds, rows), batch)
+        except Exception:  # noqa: BLE001 - retried one by one: each gets its own error
+            return False
+        if split is None:
+            return False
+        for request, own in zip(batch, split, strict=True):
+            request.result.set(own)
+        return True
 
 
-def _capture(runner: Runner, feeds: Feeds) -> tuple[Outputs, Exception | None]:
+def _timed(runner: Runner, feeds: Feeds) -> tuple[Outputs, Exception | None, float]:
+    started = time.perf_counter()
     try:
-        return runner(feeds), None
-    except Exception as exc:  # noqa: BLE001 - re-raised in the calling greenlet
-        return {}, exc
+        outputs, error = runner(feeds), None
+    except Exception as exc:  # noqa: BLE001 - re-raised by the caller, in its greenlet
+        outputs, error = {}, exc
+    return outputs, error, time.perf_counter() - started
 
 
 def _rows(feeds: Feeds) -> int:
-    return int(next(iter(feeds.values())).shape[0])
+    first = next(iter(feeds.values()), None)
+    return int(first.shape[0]) if first is not None and first.ndim else 1
 
 
 def _key(feeds: Feeds) -> tuple[tuple[str, str, tuple[int, ...]], ...]:

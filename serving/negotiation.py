@@ -3,16 +3,18 @@ is read.
 
 Werkzeug parses the headers: parameters (``; charset=utf-8``, ignored), Accept lists,
 q-values, ``type/*`` and ``*/*``. A request without Accept, or one that accepts anything, gets
-the configured default response type.
+the configured default response type. Clients send few distinct Accept headers, so each
+answer is cached: parsing and matching an Accept header costs more than a small model's run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from functools import lru_cache
 
 from flask import Request
 from werkzeug.datastructures import MIMEAccept
-from werkzeug.http import parse_options_header
+from werkzeug.http import parse_accept_header, parse_options_header
 
 from handlers.errors import NotAcceptable, UnsupportedMediaType
 
@@ -30,24 +32,27 @@ def choose_content_type(request: Request, supported: Collection[str] | None) -> 
 def choose_accept(request: Request, offers: Sequence[str] | None, default: str) -> str:
     """The response type the request's Accept prefers among ``offers`` (ties go to
     ``default``), or 406. With ``offers`` ``None`` the handler writes any type: the client's
-    most preferred concrete type is chosen.
+    most preferred type is chosen.
     """
-    accept = _without_parameters(request.accept_mimetypes)
+    header = request.headers.get("Accept", "")
+    chosen = negotiate(header, None if offers is None else tuple(offers), default)
+    if chosen is None:
+        available = "any type with a quality above 0" if offers is None else ", ".join(offers)
+        raise NotAcceptable(
+            f"cannot answer in any type of Accept {header!r}; available: {available}"
+        )
+    return chosen
+
+
+@lru_cache(maxsize=1024)
+def negotiate(header: str, offers: tuple[str, ...] | None, default: str) -> str | None:
+    """The media type to answer ``header`` with, or ``None`` when none is acceptable."""
+    accept = _without_parameters(parse_accept_header(header, MIMEAccept))
     if not accept:
         return default
     if offers is None:  # the handler writes any type: pass the client's preference on
-        chosen = _preferred(accept, default)
-        available = "any type with a quality above 0"
-    else:
-        ordered = [default, *(media_type for media_type in offers if media_type != default)]
-        chosen = accept.best_match(ordered)
-        available = ", ".join(ordered)
-    if chosen is None:
-        raise NotAcceptable(
-            f"cannot answer in any type of Accept {request.headers.get('Accept', '')!r}; "
-            f"available: {available}"
-        )
-    return chosen
+        return _preferred(accept, default)
+    return accept.best_match([default, *(offer for offer in offers if offer != default)])
 
 
 def _preferred(accept: MIMEAccept, default: str) -> str | None:

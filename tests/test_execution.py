@@ -60,7 +60,16 @@ def test_concurrent_requests_share_runs_and_get_their_own_rows() -> None:
         np.testing.assert_array_equal(outputs["total"], x.sum(axis=1))
     assert max(model.batches) > 1  # requests queued behind the first run were batched
     assert len(model.batches) < len(inputs)
-    assert threading.get_ident() not in model.threads  # never on the event loop's thread
+    assert threading.get_ident() not in model.threads  # 10 ms runs: never on the event loop
+
+
+def test_short_runs_stay_on_the_event_loop() -> None:
+    model = Model(delay=0)
+    executor = GeventExecutor(1, max_batch_rows=64, inline_limit=0.01)
+    for seed in range(3):
+        executor.run(model, {"x": rows(seed, 1)}, batchable=True)
+    assert threading.get_ident() in model.threads  # measured as fast, then run inline
+    assert len(model.threads) == 2  # the first, unmeasured run went to a pool thread
 
 
 def test_batches_respect_the_row_limit() -> None:
