@@ -18,8 +18,10 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from importlib.metadata import EntryPoint, entry_points
+from typing import TYPE_CHECKING
 
-from .base import Handler
+if TYPE_CHECKING:  # importing it would load numpy: the master only checks names
+    from .base import Handler
 
 HANDLER_GROUP = "sagemaker_onnx_serving.handlers"
 
@@ -63,6 +65,8 @@ def check_handler_name(name: str) -> None:
 
 def load_handler_class(name: str) -> type[Handler]:
     """Import and return the handler class called ``name``."""
+    from .base import Handler
+
     try:
         if name in BUILTIN_HANDLERS or ":" in name:
             module_name, _, attribute = BUILTIN_HANDLERS.get(name, name).partition(":")

@@ -17,11 +17,12 @@ from handlers.base import CUSTOM_ATTRIBUTES
 from handlers.codecs import CodecPluginError, CodecRegistry, installed_codecs
 from handlers.codecs.numpy_codecs import MAX_NPZ_EXPANDED_BYTES
 from handlers.errors import InvalidInput, ModelLoadError, NotReady, PayloadTooLarge, ServingError
-from handlers.registry import UnknownHandler, check_handler_name
 
+from .admission import FairGate
 from .execution import GeventExecutor
 from .negotiation import choose_accept, choose_content_type
 from .settings import Settings, SettingsError
+from .startup import check_settings
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +54,6 @@ DECODED_SIZE_FACTOR = 16
 def decoded_size_limit(settings: Settings) -> int:
     limit = settings.max_payload_bytes
     return DECODED_SIZE_FACTOR * limit if limit is not None else MAX_NPZ_EXPANDED_BYTES
-
-
-def handler_name(settings: Settings) -> str:
-    """The handler ``settings`` choose; ``auto`` is ``inference_py`` when user code exists."""
-    if settings.handler != "auto":
-        return settings.handler
-    code_dir = settings.code_dir or settings.model_dir / "code"
-    return "inference_py" if (code_dir / settings.program).is_file() else "onnx"
 
 
 class ModelState:
@@ -102,11 +95,7 @@ def create_app(
         except CodecPluginError as exc:
             raise SettingsError(str(exc)) from None
     if make_handler is None:
-        name = handler_name(settings)
-        try:
-            check_handler_name(name)
-        except UnknownHandler as exc:
-            raise SettingsError(f"invalid SERVING_HANDLER={settings.handler!r}: {exc}") from None
+        name = check_settings(settings)
         config = handler_config(settings, codecs)
         make_handler = lambda: load_handler_class(name)(config)  # noqa: E731
 
@@ -116,6 +105,7 @@ def create_app(
     body_limit = settings.max_payload_bytes
     app.config["MAX_CONTENT_LENGTH"] = None if body_limit is None else body_limit + 1
     state = ModelState(make_handler, settings.default_accept)
+    active_requests = FairGate(settings.max_active_requests or 1)
     app.extensions["serving"] = state
 
     @app.get("/ping")
@@ -131,13 +121,13 @@ def create_app(
             raise NotReady("the model is not loaded")
         content_type = choose_content_type(request, handler.content_types())
         accept = choose_accept(request, handler.accept_types(), settings.default_accept)
-        body = _read_body(settings, body_limit)
         g.context = context = InvocationContext(
             content_type=content_type,
             accept=accept,
             custom_attributes=request.headers.get(CUSTOM_ATTRIBUTES),
         )
-        result = handler.invoke(body, context)
+        with active_requests:  # the rest waits here, unread, leaving the event loop to /ping
+            result = handler.invoke(_read_body(settings, body_limit), context)
         # content_type, not mimetype: Flask would append "; charset=utf-8" to text types and
         # pipelines pass the response type on to the next container verbatim.
         return Response(result.body, content_type=result.media_type)

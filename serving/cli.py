@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from .settings import SETTINGS, Settings, SettingsError
+from .startup import check_settings
 
 
 def parser() -> argparse.ArgumentParser:
@@ -44,15 +45,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         settings = Settings.from_sources(os.environ, flags)
-        # Imported here so `serving --help` and settings errors stay fast and light.
-        from .app import create_app
-        from .server import serve
-
-        app = create_app(settings)
+        check_settings(settings)
     except SettingsError as exc:
         print(f"serving: error: {exc}", file=sys.stderr)
         return 2
-    serve(app, settings)
+    from .server import serve  # here, so that `serving --help` stays fast
+
+    serve(settings)
     return 0
 
 

@@ -37,6 +37,12 @@ from handlers.tensors import Outputs
 #: Weight of the newest run in the running estimate of a model's time per row.
 ESTIMATE_WEIGHT = 0.2
 
+#: Batching is used while a batched run costs less than this share of lone runs, per row.
+BATCH_GAIN = 0.9
+
+#: Runs between two batches that measure again whether batching pays.
+REMEASURE_EVERY = 64
+
 #: Set on a waiting request's result to make its greenlet the lane's dispatcher.
 _LEAD = object()
 
@@ -51,12 +57,41 @@ class _Request:
 
 
 @dataclass
+class _Estimate:
+    """A running estimate of a model's seconds per row (0: not measured yet)."""
+
+    per_row: float = 0.0
+
+    def update(self, seconds: float, rows: int) -> None:
+        per_row = seconds / max(rows, 1)
+        weight = ESTIMATE_WEIGHT if self.per_row else 1.0
+        self.per_row += weight * (per_row - self.per_row)
+
+
+@dataclass
 class _Lane:
-    """One model's queue and its running estimate of seconds per row (0: not measured yet)."""
+    """One model's queue, and how long its runs take alone and in batches."""
 
     pending: deque[_Request] = field(default_factory=deque)
     dispatchers: int = 0
-    seconds_per_row: float = 0.0
+    alone: _Estimate = field(default_factory=_Estimate)
+    together: _Estimate = field(default_factory=_Estimate)
+    runs_since_batch: int = 0
+
+    def batching_pays(self) -> bool:
+        """Whether batched runs cost clearly less per row than lone ones, as last measured.
+
+        Compute-bound models (convolutions) run no faster per row in batches, and the copy
+        into one batch costs extra; for them requests run one by one, with a batch now and
+        then to measure again.
+        """
+        if not self.together.per_row:
+            return True  # measure a batch
+        if not self.alone.per_row:
+            return False  # measure a request alone
+        if self.runs_since_batch >= REMEASURE_EVERY:
+            return True
+        return self.together.per_row < BATCH_GAIN * self.alone.per_row
 
 
 class GeventExecutor:
@@ -97,10 +132,14 @@ class GeventExecutor:
             outcome = request.result.get()
         return outcome  # type: ignore[no-any-return]
 
-    def _execute(self, runner: Runner, lane: _Lane, feeds: Feeds, rows: int) -> Outputs:
+    def _execute(
+        self, runner: Runner, lane: _Lane, feeds: Feeds, rows: int, together: bool = False
+    ) -> Outputs:
         """One run, inline if it should be short, else in a pool thread; updates the estimate."""
+        estimate = lane.together if together else lane.alone
+        per_row = estimate.per_row or lane.alone.per_row
         # Unmeasured models run in a thread first: a slow first run must not stall the loop.
-        inline = 0 < lane.seconds_per_row * rows < self.inline_limit
+        inline = 0 < per_row * rows < self.inline_limit
         if inline:
             outputs, error, seconds = _timed(runner, feeds)
         else:
@@ -109,12 +148,8 @@ class GeventExecutor:
             outputs, error, seconds = self._threads().apply(_timed, (runner, feeds))
         if error is not None:
             raise error
-        per_row = seconds / max(rows, 1)
-        lane.seconds_per_row = (
-            per_row
-            if lane.seconds_per_row == 0
-            else (1 - ESTIMATE_WEIGHT) * lane.seconds_per_row + ESTIMATE_WEIGHT * per_row
-        )
+        estimate.update(seconds, rows)
+        lane.runs_since_batch = 0 if together else lane.runs_since_batch + 1
         return outputs
 
     def _threads(self) -> ThreadPool:
@@ -141,8 +176,11 @@ class GeventExecutor:
                 lane.dispatchers -= 1
 
     def _take(self, lane: _Lane) -> list[_Request]:
-        """The oldest request and the compatible ones queued after it, up to the row limit."""
+        """The oldest request and the compatible ones queued after it, up to the row limit
+        (or the oldest alone, while batching does not pay)."""
         first = lane.pending.popleft()
+        if not lane.batching_pays():
+            return [first]
         batch, rows, kept = [first], first.rows, deque[_Request]()
         while lane.pending:
             request = lane.pending.popleft()
@@ -176,7 +214,7 @@ class GeventExecutor:
             names = batch[0].feeds
             feeds = {name: np.concatenate([r.feeds[name] for r in batch]) for name in names}
             rows = sum(request.rows for request in batch)
-            split = _split(self._execute(runner, lane, feeds, rows), batch)
+            split = _split(self._execute(runner, lane, feeds, rows, together=True), batch)
         except Exception:  # noqa: BLE001 - retried one by one: each gets its own error
             return False
         if split is None:

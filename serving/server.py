@@ -1,9 +1,10 @@
 """The process model: gunicorn, embedded, with gevent workers serving the Flask app.
 
-The master binds the port, supervises workers and turns SIGTERM into a graceful stop. The
-app is created in the master (so bad settings stop the server before any fork); each worker
-loads its own model after fork, and a worker that cannot exits with gunicorn's boot-error
-status, which makes the master stop the whole server instead of reporting healthy.
+The master binds the port, supervises workers and turns SIGTERM into a graceful stop; it
+validates the settings (and the handler's name) before starting, and imports neither Flask
+nor numpy, so it stays small. Each worker builds the app and loads its own model after fork;
+a worker that cannot exits with gunicorn's boot-error status, which makes the master stop the
+whole server instead of reporting healthy.
 """
 
 from __future__ import annotations
@@ -12,17 +13,16 @@ import gc
 import logging
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
-from handlers.errors import ModelLoadError
-
-from .app import load_model
 from .logs import access_logger, logging_config
-from .settings import Settings
+from .settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "timeout": settings.timeout,
         "graceful_timeout": settings.graceful_timeout,
         "keepalive": settings.keepalive,
-        "preload_app": True,
+        "preload_app": False,  # each worker builds the app: the master stays small
         "proc_name": "serving",
         "accesslog": "-",
         "errorlog": "-",
@@ -51,10 +51,9 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
 
 
 class ServingApplication(BaseApplication):  # type: ignore[misc]  # gunicorn is untyped
-    """gunicorn running ``app`` under ``settings``."""
+    """gunicorn running the app for ``settings``."""
 
-    def __init__(self, app: Flask, settings: Settings) -> None:
-        self.application = app
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         super().__init__()
 
@@ -67,14 +66,25 @@ class ServingApplication(BaseApplication):  # type: ignore[misc]  # gunicorn is 
                 self.cfg.set(key, value)
 
     def load(self) -> Flask:
-        return self.application
+        """Build the app, in a worker."""
+        from .app import create_app
+
+        try:
+            return create_app(self.settings)
+        except SettingsError as exc:  # e.g. a broken codec plugin: stop, do not retry
+            log.error("invalid configuration: %s", exc)
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
 
     def on_starting(self, arbiter: Arbiter) -> None:
         log.info("configuration: %s", self.settings.describe())
 
     def post_worker_init(self, worker: Any) -> None:
+        from handlers.errors import ModelLoadError
+
+        from .app import load_model
+
         try:
-            load_model(self.application)
+            load_model(worker.wsgi)
             # Everything alive now lives as long as the worker: keep the garbage collector
             # from walking it again and again (full collections of a big heap are pauses of
             # tens of milliseconds, straight into the tail latency).
@@ -88,6 +98,6 @@ class ServingApplication(BaseApplication):  # type: ignore[misc]  # gunicorn is 
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
 
 
-def serve(app: Flask, settings: Settings) -> None:
+def serve(settings: Settings) -> None:
     """Run the server until it is stopped; exits non-zero if a worker cannot load its model."""
-    ServingApplication(app, settings).run()
+    ServingApplication(settings).run()

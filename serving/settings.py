@@ -256,6 +256,15 @@ class Settings:
         "while the previous run was busy.",
         default_text="0",
     )
+    max_active_requests: int = _setting(
+        0,
+        "SERVING_MAX_ACTIVE_REQUESTS",
+        "--max-active-requests",
+        _integer(0),
+        "Requests a worker reads, decodes and runs at once; the others wait, unread, so that "
+        "/ping is answered at once even under load. 0 means max batch size + concurrency.",
+        default_text="0 (batch + concurrency)",
+    )
     timeout: int = _setting(
         60,
         "SAGEMAKER_MODEL_SERVER_TIMEOUT",
@@ -351,6 +360,8 @@ class Settings:
         return replace(
             self,
             workers=workers,
+            max_active_requests=self.max_active_requests
+            or self.max_batch_size + self.inference_concurrency,
             inference_threads=self.inference_threads or max(1, cpus // workers),
             code_dir=self.code_dir or self.model_dir / "code",
         )

@@ -11,6 +11,7 @@ import pytest
 from handlers.errors import InvalidInput
 from handlers.execution import Feeds
 from handlers.tensors import Outputs
+from serving.admission import FairGate
 from serving.execution import GeventExecutor
 
 
@@ -138,3 +139,48 @@ def test_a_delay_gathers_requests_that_arrive_later() -> None:
 
     gevent.joinall([gevent.spawn(late, seed) for seed in range(4)], raise_error=True)
     assert model.batches == [4]
+
+
+class PerRow(Model):
+    """Costs the same per row however many rows a run has, like a convolution."""
+
+    def __call__(self, feeds: Feeds) -> Outputs:
+        threading.Event().wait(0.002 * feeds["x"].shape[0])
+        return super().__call__(feeds)
+
+
+def test_batching_stops_when_it_does_not_pay() -> None:
+    model = PerRow(delay=0)
+    executor = GeventExecutor(1, max_batch_rows=64)
+    for _round in range(4):
+        run_concurrently(executor, model, [rows(seed, 1) for seed in range(8)])
+    assert max(model.batches) > 1  # it tried
+    assert model.batches[-8:] == [1] * 8  # and measured that one by one costs no more
+
+
+def test_batching_goes_on_when_it_pays() -> None:
+    model = Model(delay=0.005)  # a fixed cost per run, whatever its rows
+    executor = GeventExecutor(1, max_batch_rows=64)
+    for _round in range(4):
+        run_concurrently(executor, model, [rows(seed, 1) for seed in range(8)])
+    assert max(model.batches[-4:]) > 1
+
+
+def test_the_gate_admits_in_arrival_order() -> None:
+    gate = FairGate(1)
+    order: list[int] = []
+
+    def holder(index: int) -> None:
+        with gate:
+            order.append(index)
+            gevent.sleep(0.001)
+
+    def greedy() -> None:  # takes the gate again and again, as a busy connection would
+        for _ in range(3):
+            with gate:
+                order.append(99)
+            gevent.sleep(0)
+
+    greenlets = [gevent.spawn(holder, index) for index in range(4)] + [gevent.spawn(greedy)]
+    gevent.joinall(greenlets, raise_error=True)
+    assert order[:4] == [0, 1, 2, 3]  # the late greedy one never jumps the queue

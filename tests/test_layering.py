@@ -32,6 +32,18 @@ def test_the_server_side_never_imports_onnxruntime(statement: str) -> None:
     assert "onnxruntime" not in modules_after_import(statement)
 
 
+def test_the_master_stays_small() -> None:
+    """The master validates settings without Flask, numpy or the model runtime (each worker
+    imports those), so its memory stays that of gunicorn alone."""
+    statement = (
+        "import serving.cli, serving.server; from serving import Settings; "
+        "from serving.startup import check_settings; "
+        "check_settings(Settings.from_sources({}, cpus=1))"
+    )
+    loaded = modules_after_import(statement)
+    assert not {"flask", "numpy", "onnxruntime", "orjson"} & loaded
+
+
 def test_the_master_is_not_monkey_patched() -> None:
     """gevent patches each worker after fork; the master must stay a plain process."""
     code = (

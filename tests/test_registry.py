@@ -10,7 +10,7 @@ from handlers.inference_py import InferencePyHandler
 from handlers.onnx_handler import OnnxHandler
 from handlers.registry import UnknownHandler, check_handler_name, load_handler_class
 from serving import Settings
-from serving.app import handler_name
+from serving.startup import handler_name
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,25 @@
+"""What the master checks before it starts any worker, without importing Flask or numpy."""
+
+from __future__ import annotations
+
+from handlers.registry import UnknownHandler, check_handler_name
+
+from .settings import Settings, SettingsError
+
+
+def handler_name(settings: Settings) -> str:
+    """The handler ``settings`` choose; ``auto`` is ``inference_py`` when user code exists."""
+    if settings.handler != "auto":
+        return settings.handler
+    code_dir = settings.code_dir or settings.model_dir / "code"
+    return "inference_py" if (code_dir / settings.program).is_file() else "onnx"
+
+
+def check_settings(settings: Settings) -> str:
+    """The handler's name, or :class:`SettingsError` if it names no loadable handler."""
+    name = handler_name(settings)
+    try:
+        check_handler_name(name)
+    except UnknownHandler as exc:
+        raise SettingsError(f"invalid SERVING_HANDLER={settings.handler!r}: {exc}") from None
+    return name
