@@ -7,10 +7,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from http import HTTPStatus
+from typing import IO
 
 import orjson
 from flask import Flask, Response, g, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException
 
 from handlers import Handler, HandlerConfig, InvocationContext, load_handler_class
 from handlers.base import CUSTOM_ATTRIBUTES
@@ -103,7 +104,6 @@ def create_app(
     # One byte over the limit: Werkzeug stops a chunked body at its maximum without raising,
     # so a body that reaches limit + 1 bytes is how an oversize chunked body shows itself.
     body_limit = settings.max_payload_bytes
-    app.config["MAX_CONTENT_LENGTH"] = None if body_limit is None else body_limit + 1
     state = ModelState(make_handler, settings.default_accept)
     active_requests = FairGate(settings.max_active_requests or 1)
     app.extensions["serving"] = state
@@ -144,21 +144,39 @@ def load_model(app: Flask) -> None:
 
 
 def _read_body(settings: Settings, limit: int | None) -> bytes:
-    try:
-        body: bytes | None = request.get_data(cache=False)
-    except RequestEntityTooLarge:  # Content-Length over the limit: nothing was read
-        body = None
-    if body is None or (limit is not None and len(body) > limit):
-        raise PayloadTooLarge(
-            f"request body is larger than the {settings.max_payload_mb:g} MiB limit "
-            "(SAGEMAKER_MAX_PAYLOAD_IN_MB)"
-        )
+    """The whole body, read straight from the server's stream (no copies through Werkzeug's
+    limited stream, which costs a third of a small model's request for a 0.6 MB body).
+
+    A Content-Length over the limit is refused before reading; a chunked body is read up to
+    one byte past the limit, which is how an oversize one shows itself.
+    """
+    too_large = PayloadTooLarge(
+        f"request body is larger than the {settings.max_payload_mb:g} MiB limit "
+        "(SAGEMAKER_MAX_PAYLOAD_IN_MB)"
+    )
     declared = request.content_length
+    if declared is not None and limit is not None and declared > limit:
+        raise too_large
+    wanted = declared if declared is not None else (-1 if limit is None else limit + 1)
+    body = _read(request.stream, wanted)
+    if limit is not None and len(body) > limit:
+        raise too_large
     if declared is not None and len(body) < declared:
         raise InvalidInput(f"request body ended after {len(body)} of its {declared} bytes")
     if not body:
         raise InvalidInput("the request body is empty")
     return body
+
+
+def _read(stream: IO[bytes], wanted: int) -> bytes:
+    """Up to ``wanted`` bytes (all, for -1), however many reads the stream needs."""
+    if wanted < 0:
+        return stream.read()
+    chunks = []
+    while wanted > 0 and (chunk := stream.read(wanted)):
+        chunks.append(chunk)
+        wanted -= len(chunk)
+    return b"".join(chunks)
 
 
 def _echo_custom_attributes(response: Response) -> Response:
