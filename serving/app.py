@@ -35,6 +35,7 @@ def handler_config(settings: Settings, codecs: CodecRegistry) -> HandlerConfig:
         concurrency=settings.inference_concurrency,
         max_batch_rows=settings.max_batch_size,
         max_delay=settings.max_batch_delay_ms / 1000,
+        timeout=settings.timeout,
     )
     return HandlerConfig(
         model_dir=settings.model_dir,

@@ -24,13 +24,16 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from itertools import pairwise
+from typing import Any
 
 import gevent
 import numpy as np
 from gevent.event import AsyncResult
 from gevent.threadpool import ThreadPool
 
+from handlers.errors import ServingError
 from handlers.execution import Feeds, Runner
 from handlers.tensors import Outputs
 
@@ -45,6 +48,12 @@ REMEASURE_EVERY = 64
 
 #: Set on a waiting request's result to make its greenlet the lane's dispatcher.
 _LEAD = object()
+
+
+class InferenceTimeout(ServingError):
+    """A model run outlived the request timeout; the run itself cannot be stopped."""
+
+    status = HTTPStatus.GATEWAY_TIMEOUT
 
 
 @dataclass
@@ -108,8 +117,10 @@ class GeventExecutor:
         max_batch_rows: int,
         max_delay: float = 0.0,
         inline_limit: float = 0.001,
+        timeout: float | None = None,
     ) -> None:
         self.concurrency = concurrency
+        self.timeout = timeout
         self.max_batch_rows = max_batch_rows
         self.max_delay = max_delay
         self.inline_limit = inline_limit
@@ -125,12 +136,21 @@ class GeventExecutor:
         if lane.dispatchers < self.concurrency:
             lane.dispatchers += 1
             request.result.set(_LEAD)
-        outcome = request.result.get()
+        outcome = self._wait(request.result)
         while outcome is _LEAD:  # this request's greenlet runs the next batch
             request.result = AsyncResult()
             self._dispatch(runner, lane)
-            outcome = request.result.get()
+            outcome = self._wait(request.result)
         return outcome  # type: ignore[no-any-return]
+
+    def _wait(self, result: AsyncResult) -> Any:
+        try:
+            return result.get(timeout=self.timeout)
+        except gevent.Timeout:
+            raise InferenceTimeout(
+                f"the model did not answer within {self.timeout:g} s "
+                "(SAGEMAKER_MODEL_SERVER_TIMEOUT)"
+            ) from None
 
     def _execute(
         self, runner: Runner, lane: _Lane, feeds: Feeds, rows: int, together: bool = False
@@ -145,7 +165,8 @@ class GeventExecutor:
         else:
             # The error comes back as a value: gevent prints every exception that leaves a
             # pool thread to stderr, tracebacks and all, even though apply() re-raises it.
-            outputs, error, seconds = self._threads().apply(_timed, (runner, feeds))
+            done = self._threads().spawn(_timed, runner, feeds)
+            outputs, error, seconds = self._wait(done)
         if error is not None:
             raise error
         estimate.update(seconds, rows)

@@ -270,7 +270,8 @@ class Settings:
         "SAGEMAKER_MODEL_SERVER_TIMEOUT",
         "--timeout",
         _integer(1),
-        "Seconds a worker may stay silent (busy) before it is restarted.",
+        "Seconds a request waits for its model run before a 504, and a worker's event loop "
+        "may stay blocked before gunicorn restarts the worker.",
     )
     graceful_timeout: int = _setting(
         25,

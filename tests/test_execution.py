@@ -12,7 +12,7 @@ from handlers.errors import InvalidInput
 from handlers.execution import Feeds
 from handlers.tensors import Outputs
 from serving.admission import FairGate
-from serving.execution import GeventExecutor
+from serving.execution import GeventExecutor, InferenceTimeout
 
 
 class Model:
@@ -184,3 +184,13 @@ def test_the_gate_admits_in_arrival_order() -> None:
     greenlets = [gevent.spawn(holder, index) for index in range(4)] + [gevent.spawn(greedy)]
     gevent.joinall(greenlets, raise_error=True)
     assert order[:4] == [0, 1, 2, 3]  # the late greedy one never jumps the queue
+
+
+def test_a_run_that_outlives_the_timeout_gives_504() -> None:
+    model = Model(delay=0.5)
+    executor = GeventExecutor(1, max_batch_rows=64, timeout=0.05)
+    with pytest.raises(InferenceTimeout, match="did not answer within 0.05 s") as raised:
+        executor.run(model, {"x": rows(0, 1)}, batchable=True)
+    assert raised.value.status == 504
+    with pytest.raises(InferenceTimeout):
+        executor.run(model, {"x": rows(0, 1)}, batchable=False)
