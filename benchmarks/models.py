@@ -86,13 +86,13 @@ def conv_net(path: Path) -> Path:
     return _save(graph, path)
 
 
-def input_array(model: str) -> np.ndarray:  # type: ignore[type-arg]
+def input_array(model: str) -> np.ndarray:
     """One request's input (batch 1); values rounded to 4 decimals, as real JSON bodies are."""
     shape = {"logreg": (1, 4), "mlp": (1, 256), "conv": (1, 3, 224, 224)}[model]
     return RNG.random(size=shape).round(4).astype(np.float32)
 
 
-def body(array: np.ndarray, media_type: str) -> bytes:  # type: ignore[type-arg]
+def body(array: np.ndarray, media_type: str) -> bytes:
     if media_type == "application/json":
         return json.dumps(array.astype(np.float64).round(4).tolist()).encode()
     buffer = io.BytesIO()

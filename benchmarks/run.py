@@ -231,7 +231,7 @@ def measure(
 
 def in_process(
     model_path: Path, array: np.ndarray, body: bytes, content_type: str, seconds: float = 3
-) -> dict[str, float]:  # type: ignore[type-arg]
+) -> dict[str, float]:
     """Requests per second of decode + run + encode with nothing else around (the limit)."""
     os.sched_setaffinity(0, {SERVER_CPU})
     options = ort.SessionOptions()

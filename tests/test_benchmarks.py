@@ -1,0 +1,46 @@
+"""The benchmark's own pieces, so that it keeps working between the runs people make."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+
+import models
+import run
+
+from tests.wire import run_onnxruntime
+
+WRK_OUTPUT = """Running 4s test @ http://127.0.0.1:8199/invocations
+  1 threads and 8 connections
+  Latency Distribution
+     50%  367.00us
+     75%  410.00us
+     90%    1.08ms
+     99%   13.42ms
+  10412 requests in 4.00s, 1.47MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 4
+Requests/sec:   2602.86
+"""
+
+
+def test_wrk_output_is_read() -> None:
+    assert run._latency(WRK_OUTPUT, "50%") == pytest.approx(0.367)
+    assert run._latency(WRK_OUTPUT, "99%") == pytest.approx(13.42)
+    assert run._errors(WRK_OUTPUT) == 7
+
+
+@pytest.mark.parametrize(("name", "classes"), [("logreg", 3), ("mlp", 10), ("conv", 10)])
+def test_models_build_and_run(tmp_path: Path, name: str, classes: int) -> None:
+    path = models.BUILDERS[name](tmp_path / "model.onnx")
+    array = models.input_array(name)
+    outputs = run_onnxruntime(path, {"x": array})
+    (output,) = outputs.values()
+    assert output.shape == (1, classes)
+    assert np.isfinite(output).all()
+    assert models.body(array, "application/json").startswith(b"[[")
