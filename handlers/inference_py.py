@@ -221,7 +221,11 @@ class InferencePyHandler(Handler):
         return None if self._defines("input_fn", "transform_fn") else super().content_types()
 
     def accept_types(self) -> Sequence[str] | None:
-        return None if self._defines("output_fn", "transform_fn") else super().accept_types()
+        if self._defines("output_fn", "transform_fn"):
+            return None
+        if self._onnx is not None and not self._defines("predict_fn"):
+            return self._onnx.accept_types()  # its outputs are the ONNX model's
+        return super().accept_types()
 
     def invoke(self, body: bytes, context: InvocationContext) -> Encoded:
         hook_context = ToolkitContext(self.config.model_dir, context)

@@ -155,7 +155,7 @@ class OnnxHandler(Handler):
         self.inputs = [self._spec(arg) for arg in self.session.get_inputs()]
         self.output_names = self._tensor_outputs()
         output_shapes = [o.shape for o in self.session.get_outputs() if o.name in self.output_names]
-        self.batchable = all(_free_first_dim(s.shape) for s in self.inputs) and all(
+        self.batchable = _one_batch_dim([spec.shape for spec in self.inputs]) and all(
             _free_first_dim(shape) for shape in output_shapes
         )
         log.info(
@@ -247,6 +247,17 @@ class OnnxHandler(Handler):
 
 def _free_first_dim(shape: Any) -> bool:
     return bool(shape) and not (isinstance(shape[0], int) and shape[0] > 0)
+
+
+def _one_batch_dim(shapes: list[tuple[Dim, ...]]) -> bool:
+    """Whether every input's first dimension is free and, with several inputs, one named
+    dimension (``N``): only then do requests stack along it without mixing rows."""
+    if not all(_free_first_dim(shape) for shape in shapes):
+        return False
+    if len(shapes) == 1:
+        return True
+    names = {shape[0] for shape in shapes}
+    return len(names) == 1 and isinstance(next(iter(names)), str) and bool(next(iter(names)))
 
 
 def _cut(exc: Exception) -> str:

@@ -30,7 +30,7 @@ from typing import Any
 
 import gevent
 import numpy as np
-from gevent.event import AsyncResult
+from gevent.event import AsyncResult, Event
 from gevent.threadpool import ThreadPool
 
 from handlers.errors import ServingError
@@ -46,9 +46,6 @@ BATCH_GAIN = 0.9
 #: Runs between two batches that measure again whether batching pays.
 REMEASURE_EVERY = 64
 
-#: Set on a waiting request's result to make its greenlet the lane's dispatcher.
-_LEAD = object()
-
 
 class InferenceTimeout(ServingError):
     """A model run outlived the request timeout; the run itself cannot be stopped."""
@@ -56,13 +53,16 @@ class InferenceTimeout(ServingError):
     status = HTTPStatus.GATEWAY_TIMEOUT
 
 
-@dataclass
+@dataclass(eq=False)  # identity: requests are found in queues by identity
 class _Request:
     feeds: Feeds
     rows: int
     #: Requests with equal keys can be concatenated: names, dtypes, shapes past axis 0.
     key: tuple[tuple[str, str, tuple[int, ...]], ...]
+    #: Set once, with the request's outputs or error.
     result: AsyncResult = field(default_factory=AsyncResult)
+    #: Set when this request's greenlet is to run the next batch (the dispatcher's turn).
+    turn: Event = field(default_factory=Event)
 
 
 @dataclass
@@ -135,22 +135,49 @@ class GeventExecutor:
         lane.pending.append(request)
         if lane.dispatchers < self.concurrency:
             lane.dispatchers += 1
-            request.result.set(_LEAD)
-        outcome = self._wait(request.result)
-        while outcome is _LEAD:  # this request's greenlet runs the next batch
-            request.result = AsyncResult()
-            self._dispatch(runner, lane)
-            outcome = self._wait(request.result)
-        return outcome  # type: ignore[no-any-return]
+            request.turn.set()
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        try:
+            while not request.result.ready():
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                gevent.wait([request.result, request.turn], count=1, timeout=remaining)
+                if request.result.ready():
+                    break
+                if not request.turn.is_set():
+                    raise self._timeout()
+                request.turn.clear()
+                self._dispatch(runner, lane)
+        finally:
+            self._leave(lane, request)
+        outputs: Outputs = request.result.get()
+        return outputs
+
+    def _leave(self, lane: _Lane, request: _Request) -> None:
+        """Forget a request that is done or gave up; pass on a turn it will not take."""
+        if request in lane.pending:
+            lane.pending.remove(request)
+        if request.turn.is_set():
+            request.turn.clear()
+            self._hand_off(lane)
+
+    def _hand_off(self, lane: _Lane) -> None:
+        """Give the dispatcher's turn to the oldest waiting request, or end the turn."""
+        for waiting in lane.pending:
+            if not waiting.turn.is_set():
+                waiting.turn.set()
+                return
+        lane.dispatchers -= 1
+
+    def _timeout(self) -> InferenceTimeout:
+        return InferenceTimeout(
+            f"the model did not answer within {self.timeout:g} s (SAGEMAKER_MODEL_SERVER_TIMEOUT)"
+        )
 
     def _wait(self, result: AsyncResult) -> Any:
         try:
             return result.get(timeout=self.timeout)
         except gevent.Timeout:
-            raise InferenceTimeout(
-                f"the model did not answer within {self.timeout:g} s "
-                "(SAGEMAKER_MODEL_SERVER_TIMEOUT)"
-            ) from None
+            raise self._timeout() from None
 
     def _execute(
         self, runner: Runner, lane: _Lane, feeds: Feeds, rows: int, together: bool = False
@@ -179,22 +206,20 @@ class GeventExecutor:
         return self._pool
 
     def _dispatch(self, runner: Runner, lane: _Lane) -> None:
-        """Run one batch from the queue in the calling request's greenlet, then make the
-        oldest request still waiting, if any, the next dispatcher (no extra greenlets).
+        """Run one batch from the queue in the calling request's greenlet (no extra
+        greenlets), then pass the turn to the oldest request still waiting, if any.
 
-        The calling request is queued too; a full batch of older requests may leave it out,
-        and it then waits like the others (or is handed the queue itself).
+        The calling request is queued too: another dispatcher may already have run it, or a
+        full batch of older requests may leave it out, in which case it waits like the others.
         """
         try:
             gevent.sleep(0)  # one turn of the loop: requests already received join in
             if self.max_delay > 0 and sum(r.rows for r in lane.pending) < self.max_batch_rows:
                 gevent.sleep(self.max_delay)
-            self._run_batch(runner, lane, self._take(lane))
-        finally:
             if lane.pending:
-                lane.pending[0].result.set(_LEAD)  # wakes that request's greenlet to dispatch
-            else:
-                lane.dispatchers -= 1
+                self._run_batch(runner, lane, self._take(lane))
+        finally:
+            self._hand_off(lane)
 
     def _take(self, lane: _Lane) -> list[_Request]:
         """The oldest request and the compatible ones queued after it, up to the row limit
@@ -236,6 +261,10 @@ class GeventExecutor:
             feeds = {name: np.concatenate([r.feeds[name] for r in batch]) for name in names}
             rows = sum(request.rows for request in batch)
             split = _split(self._execute(runner, lane, feeds, rows, together=True), batch)
+        except InferenceTimeout as exc:  # one by one would only time out again, each
+            for request in batch:
+                request.result.set_exception(exc)
+            return True
         except Exception:  # noqa: BLE001 - retried one by one: each gets its own error
             return False
         if split is None:

@@ -3,14 +3,18 @@
 On SIGTERM the stock worker stops accepting and waits for every open connection, and an idle
 keep-alive connection (which SageMaker's front end keeps open) only ends when its keep-alive
 timeout does, so every stop took the whole graceful timeout. This worker closes idle
-connections as soon as the stop begins; requests in flight finish and their connections close
-after the response (gunicorn answers them with ``Connection: close``).
+connections as soon as the stop begins: connections waiting for the first byte of their next
+request. Requests in flight, or whose bytes have begun to arrive, finish, and their
+connections close after the response (gunicorn answers them with ``Connection: close``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import socket
+import sys
+import termios
 from typing import Any
 
 import gevent
@@ -19,33 +23,65 @@ from gunicorn.workers.ggevent import GeventWorker
 STOP_POLL_SECONDS = 0.1
 
 
+class _TrackedSocket:
+    """A client socket that notes when bytes of a request have been read from it."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.reading_request = False
+
+    def recv(self, *args: Any) -> bytes:
+        data: bytes = self._sock.recv(*args)
+        self.reading_request = self.reading_request or bool(data)
+        return data
+
+    def recv_into(self, *args: Any) -> int:
+        count: int = self._sock.recv_into(*args)
+        self.reading_request = self.reading_request or count > 0
+        return count
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+    def idle(self) -> bool:
+        """No request begun: nothing read since the last response, nothing waiting unread."""
+        if self.reading_request:
+            return False
+        # FIONREAD counts the bytes waiting without reading them; a peek through gevent's
+        # socket would wait for data instead of answering.
+        try:
+            waiting = fcntl.ioctl(self._sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+        except OSError:
+            return True  # the peer is gone
+        return int.from_bytes(waiting, sys.byteorder) == 0
+
+
 class ServingGeventWorker(GeventWorker):  # type: ignore[misc]  # gunicorn is untyped
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._connections: set[socket.socket] = set()
-        self._busy: set[socket.socket] = set()
+        self._connections: set[_TrackedSocket] = set()
 
     def run(self) -> None:
         gevent.spawn(self._close_idle_connections_on_stop)
         super().run()
 
     def handle(self, listener: Any, client: socket.socket, addr: Any) -> None:
-        self._connections.add(client)
+        tracked = _TrackedSocket(client)
+        self._connections.add(tracked)
         try:
-            super().handle(listener, client, addr)
+            super().handle(listener, tracked, addr)
         finally:
-            self._connections.discard(client)
+            self._connections.discard(tracked)
 
-    def handle_request(self, listener_name: Any, req: Any, sock: socket.socket, addr: Any) -> Any:
-        self._busy.add(sock)
+    def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
         try:
             return super().handle_request(listener_name, req, sock, addr)
         finally:
-            self._busy.discard(sock)
+            sock.reading_request = False  # answered: the next byte starts a new request
 
     def _close_idle_connections_on_stop(self) -> None:
         while self.alive:
             gevent.sleep(STOP_POLL_SECONDS)
-        for client in self._connections - self._busy:
+        for connection in [c for c in self._connections if c.idle()]:
             with contextlib.suppress(OSError):  # OSError: the peer closed it already
-                client.shutdown(socket.SHUT_RDWR)  # its keep-alive read ends at once
+                connection.shutdown(socket.SHUT_RDWR)  # its keep-alive read ends at once

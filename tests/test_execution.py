@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import gevent
 import numpy as np
@@ -194,3 +195,51 @@ def test_a_run_that_outlives_the_timeout_gives_504() -> None:
     assert raised.value.status == 504
     with pytest.raises(InferenceTimeout):
         executor.run(model, {"x": rows(0, 1)}, batchable=False)
+
+
+def timed_out_storm(executor: GeventExecutor, model: Model, count: int) -> list[object]:
+    def one(seed: int) -> object:
+        try:
+            return executor.run(model, {"x": rows(seed, 1)}, batchable=True)
+        except InferenceTimeout as exc:
+            return exc
+
+    greenlets = [gevent.spawn(one, seed) for seed in range(count)]
+    gevent.joinall(greenlets, raise_error=True)
+    return [g.value for g in greenlets]
+
+
+def test_requests_that_time_out_do_not_jam_the_queue() -> None:
+    model = Model(delay=0.2)
+    executor = GeventExecutor(1, max_batch_rows=2, timeout=0.3)
+    results = timed_out_storm(executor, model, 5)
+    assert any(isinstance(result, InferenceTimeout) for result in results)
+    model.delay = 0  # the model is fast again: the next request must not wait at all
+    started = time.monotonic()
+    outputs = executor.run(model, {"x": rows(9, 1)}, batchable=True)
+    assert time.monotonic() - started < 0.2
+    np.testing.assert_array_equal(outputs["y"], 2 * rows(9, 1))
+
+
+def test_a_batch_that_times_out_is_not_run_again_one_by_one() -> None:
+    model = Model(delay=0.3)
+    executor = GeventExecutor(1, max_batch_rows=8, timeout=0.1)
+    timed_out_storm(executor, model, 3)
+    assert len(model.batches) <= 2  # the first lone run, then one batch; no reruns
+
+
+@pytest.mark.parametrize("widths", [(3, 3, 3, 3), (3, 4, 3, 4, 5)])
+def test_two_dispatchers_share_the_queue_without_losing_a_turn(widths: tuple[int, ...]) -> None:
+    model = Model(delay=0.01)
+    executor = GeventExecutor(2, max_batch_rows=64)
+    for _round in range(3):
+        inputs = [rows(seed, 1, width) for seed, width in enumerate(widths)]
+        results = run_concurrently(executor, model, inputs)
+        for x, outputs in zip(inputs, results, strict=True):
+            assert isinstance(outputs, dict)
+            np.testing.assert_array_equal(outputs["y"], 2 * x)
+    # Both turns survive: two slow requests that cannot share a run overlap in two threads.
+    model.delay = 0.2
+    started = time.monotonic()
+    run_concurrently(executor, model, [rows(1, 1, 3), rows(2, 1, 6)])
+    assert time.monotonic() - started < 0.35

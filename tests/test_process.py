@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -140,3 +142,19 @@ def test_idle_keep_alive_connections_do_not_delay_the_stop(tmp_path: Path) -> No
         assert server.stop() == 0
         assert time.monotonic() - started < 5
         idle.close()
+
+
+def test_a_request_arriving_as_the_stop_begins_is_answered(tmp_path: Path) -> None:
+    arguments = ["--model-dir", str(IRIS.parent), "--graceful-timeout", "20"]
+    with running_server(arguments, tmp_path / "server.log") as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
+            conn.sendall(
+                b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            )
+            time.sleep(0.2)  # the worker has read the first header lines
+            server.process.send_signal(signal.SIGTERM)
+            time.sleep(0.5)  # past the moment idle connections are closed
+            conn.sendall(b"Content-Length: 14\r\n\r\n[[1, 2, 3, 4]]")
+            reply = b"".join(iter(lambda: conn.recv(65536), b""))
+        assert reply.startswith(b"HTTP/1.1 200"), reply
+        assert server.process.wait(timeout=10) == 0

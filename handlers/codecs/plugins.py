@@ -37,9 +37,11 @@ def register_codec_plugins(
             loaded: Any = entry.load()
         except (ImportError, AttributeError) as exc:
             raise CodecPluginError(f"{where} cannot be imported: {exc}") from exc
-        codec: Decoder | Encoder = loaded() if isinstance(loaded, type) else loaded
         try:
+            codec: Decoder | Encoder = loaded() if isinstance(loaded, type) else loaded
             registry.register(codec, override=bool(getattr(codec, "override", False)))
-        except (DuplicateMediaType, TypeError) as exc:
+        except DuplicateMediaType as exc:
             raise CodecPluginError(f"{where}: {exc}") from exc
+        except Exception as exc:  # plugin code: whatever it raises, name the plugin
+            raise CodecPluginError(f"{where} is not a usable codec: {exc!r}") from exc
     return registry

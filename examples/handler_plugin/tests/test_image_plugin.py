@@ -89,6 +89,17 @@ def test_override_must_be_explicit() -> None:
     assert isinstance(registry.decoder("image/png"), OverridingPng)
 
 
+class NeedsArguments(PngCodec):
+    def __init__(self, quality: int) -> None:
+        self.quality = quality
+
+
+def test_a_codec_that_cannot_be_built_is_named() -> None:
+    broken = [EntryPoint("needy", f"{__name__}:NeedsArguments", CODEC_GROUP)]
+    with pytest.raises(CodecPluginError, match=r"codec plugin 'needy' .* is not a usable codec"):
+        register_codec_plugins(default_codecs(), broken)
+
+
 def test_a_broken_plugin_stops_startup_with_its_name() -> None:
     broken = [EntryPoint("gif", "serving_image_plugin.nowhere:GifCodec", CODEC_GROUP)]
     with pytest.raises(CodecPluginError, match=r"codec plugin .gif. .* cannot be imported"):

@@ -1,0 +1,53 @@
+"""The ONNX handler in process: which models may share a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from handlers import HandlerConfig
+from handlers.onnx_handler import OnnxHandler
+
+
+def two_inputs(path: Path, first: str | int, second: str | int) -> Path:
+    graph = helper.make_graph(
+        [
+            helper.make_node("Identity", ["a"], ["out_a"]),
+            helper.make_node("Identity", ["b"], ["out_b"]),
+        ],
+        "two_inputs",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, [first, 1]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, [second, 1]),
+        ],
+        [
+            helper.make_tensor_value_info("out_a", TensorProto.FLOAT, [first, 1]),
+            helper.make_tensor_value_info("out_b", TensorProto.FLOAT, [second, 1]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.mkdir()
+    onnx.save(model, path / "model.onnx")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "batchable"),
+    [("N", "N", True), ("N", "M", False), ("N", 1, False), (4, 4, False)],
+)
+def test_requests_share_runs_only_along_one_named_batch_dimension(
+    tmp_path: Path, first: str | int, second: str | int, batchable: bool
+) -> None:
+    handler = OnnxHandler(HandlerConfig(model_dir=two_inputs(tmp_path / "m", first, second)))
+    handler.load()
+    assert handler.batchable is batchable
+
+
+def test_a_single_input_with_a_free_first_dimension_batches(linear_model: Path) -> None:
+    handler = OnnxHandler(HandlerConfig(model_dir=linear_model.parent))
+    handler.load()
+    assert handler.batchable
