@@ -7,13 +7,14 @@ event loop stays free for ``/ping`` and for parsing the next requests. The execu
 running estimate of each model's time per row and runs inline what it expects to finish within
 ``inline_limit`` seconds. At most ``concurrency`` runs are in flight per worker.
 
-**Batching** (models with a free first dimension). Requests queue per model; a dispatcher lets
-the event loop turn once, so that every request already received can join, then takes the
-oldest request and every compatible one queued after it (same names, dtypes and shapes past
-the first axis) up to ``max_batch_rows`` rows, runs them as one, and splits the outputs back
-by row counts. An idle server runs each request alone with no added delay; a loaded one
-batches as much as the load gives. ``max_delay`` (off by default) holds a partial batch back
-to gather more.
+**Batching** (models with a free first dimension). Requests queue per model; a dispatcher waits
+until the event loop is idle, so that every request already received can join (and ``/ping``
+is answered first), then takes the oldest request and every compatible one queued after it
+(same names, dtypes and shapes past the first axis) up to ``max_batch_rows`` rows, runs them
+as one, and splits the outputs back by row counts. An idle server runs each request alone with
+no added delay; a loaded one batches as much as the load gives. ``max_delay`` (off by default)
+holds a partial batch back to gather more. Batching stops for models whose batched runs cost
+no less per row than lone ones (see ``_Lane.batch_rows``).
 
 No request sees another's rows or errors: if a shared run fails, or its outputs do not line up
 with its inputs, each member is run again alone.
@@ -43,8 +44,9 @@ ESTIMATE_WEIGHT = 0.2
 #: Batching is used while a batched run costs less than this share of lone runs, per row.
 BATCH_GAIN = 0.9
 
-#: Runs between two batches that measure again whether batching pays.
+#: Runs between two batches that measure again whether batching pays, and their rows.
 REMEASURE_EVERY = 64
+REMEASURE_ROWS = 4
 
 
 class InferenceTimeout(ServingError):
@@ -87,20 +89,23 @@ class _Lane:
     together: _Estimate = field(default_factory=_Estimate)
     runs_since_batch: int = 0
 
-    def batching_pays(self) -> bool:
-        """Whether batched runs cost clearly less per row than lone ones, as last measured.
+    def batch_rows(self, max_rows: int) -> int:
+        """How many rows the next run may gather: all it may while batched runs cost clearly
+        less per row than lone ones, as last measured, else one request's.
 
         Compute-bound models (convolutions) run no faster per row in batches, and the copy
-        into one batch costs extra; for them requests run one by one, with a batch now and
-        then to measure again.
+        into one batch costs extra; for them requests run one by one, with a small batch now
+        and then to measure again.
         """
         if not self.together.per_row:
-            return True  # measure a batch
+            return max_rows  # measure a batch
         if not self.alone.per_row:
-            return False  # measure a request alone
+            return 1  # measure a request alone
+        if self.together.per_row < BATCH_GAIN * self.alone.per_row:
+            return max_rows
         if self.runs_since_batch >= REMEASURE_EVERY:
-            return True
-        return self.together.per_row < BATCH_GAIN * self.alone.per_row
+            return min(max_rows, REMEASURE_ROWS)
+        return 1
 
 
 class GeventExecutor:
@@ -213,7 +218,9 @@ class GeventExecutor:
         full batch of older requests may leave it out, in which case it waits like the others.
         """
         try:
-            gevent.sleep(0)  # one turn of the loop: requests already received join in
+            # Wait until the loop has nothing else to do: every request already received has
+            # been read and queued (and /ping answered) before the batch is taken.
+            gevent.idle()
             if self.max_delay > 0 and sum(r.rows for r in lane.pending) < self.max_batch_rows:
                 gevent.sleep(self.max_delay)
             if lane.pending:
@@ -225,12 +232,11 @@ class GeventExecutor:
         """The oldest request and the compatible ones queued after it, up to the row limit
         (or the oldest alone, while batching does not pay)."""
         first = lane.pending.popleft()
-        if not lane.batching_pays():
-            return [first]
+        limit = lane.batch_rows(self.max_batch_rows)
         batch, rows, kept = [first], first.rows, deque[_Request]()
-        while lane.pending:
+        while lane.pending and rows < limit:
             request = lane.pending.popleft()
-            if request.key == first.key and rows + request.rows <= self.max_batch_rows:
+            if request.key == first.key and rows + request.rows <= limit:
                 batch.append(request)
                 rows += request.rows
             else:
