@@ -11,21 +11,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from tests.models import save_model
+
 RNG = np.random.default_rng(2026)
 
 
 def _weights(name: str, *shape: int) -> onnx.TensorProto:
     scale = 1.0 / np.sqrt(shape[-1] if len(shape) == 2 else np.prod(shape[1:]))
     return numpy_helper.from_array((RNG.normal(size=shape) * scale).astype(np.float32), name)
-
-
-def _save(graph: onnx.GraphProto, path: Path) -> Path:
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, path)
-    return path
 
 
 def logistic_regression(path: Path) -> Path:
@@ -40,7 +33,7 @@ def logistic_regression(path: Path) -> Path:
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 3])],
         [_weights("w", 3, 4), _weights("b", 3)],
     )
-    return _save(graph, path)
+    return save_model(graph, path)
 
 
 def mlp(path: Path) -> Path:
@@ -62,7 +55,7 @@ def mlp(path: Path) -> Path:
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
         weights,
     )
-    return _save(graph, path)
+    return save_model(graph, path)
 
 
 def conv_net(path: Path) -> Path:
@@ -83,7 +76,7 @@ def conv_net(path: Path) -> Path:
         [_weights("k1", 16, 3, 3, 3), _weights("k2", 32, 16, 3, 3), _weights("w", 10, 32),
          _weights("b", 10)],
     )  # fmt: skip
-    return _save(graph, path)
+    return save_model(graph, path)
 
 
 def input_array(model: str) -> np.ndarray:

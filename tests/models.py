@@ -12,7 +12,8 @@ WEIGHTS = np.arange(12, dtype=np.float32).reshape(4, 3) / 10 - 0.5
 BIAS = np.array([0.25, -1.0, 0.5], dtype=np.float32)
 
 
-def _save(graph: onnx.GraphProto, path: Path) -> Path:
+def save_model(graph: onnx.GraphProto, path: Path) -> Path:
+    """Write ``graph`` as a checked opset-17 model readable by onnxruntime 1.14 and newer."""
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -30,7 +31,7 @@ def linear(path: Path) -> Path:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
         [numpy_helper.from_array(WEIGHTS, "w"), numpy_helper.from_array(BIAS, "b")],
     )
-    return _save(graph, path)
+    return save_model(graph, path)
 
 
 def mixed(path: Path) -> Path:
@@ -58,7 +59,7 @@ def mixed(path: Path) -> Path:
             helper.make_tensor_value_info("negated", TensorProto.BOOL, ["N"]),
         ],
     )
-    return _save(graph, path)
+    return save_model(graph, path)
 
 
 def failing(path: Path) -> Path:
@@ -70,4 +71,4 @@ def failing(path: Path) -> Path:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])],
         [numpy_helper.from_array(np.array([2, 2], dtype=np.int64), "shape")],
     )
-    return _save(graph, path)
+    return save_model(graph, path)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import onnx
 import pytest
 from onnx import TensorProto, helper
 
 from handlers import HandlerConfig
 from handlers.onnx_handler import OnnxHandler
+from tests.models import save_model
 
 
 def two_inputs(path: Path, first: str | int, second: str | int) -> Path:
@@ -28,11 +28,7 @@ def two_inputs(path: Path, first: str | int, second: str | int) -> Path:
             helper.make_tensor_value_info("out_b", TensorProto.FLOAT, [second, 1]),
         ],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    path.mkdir()
-    onnx.save(model, path / "model.onnx")
-    return path
+    return save_model(graph, path / "model.onnx").parent
 
 
 @pytest.mark.parametrize(

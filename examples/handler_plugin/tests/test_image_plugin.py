@@ -9,7 +9,6 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper
 from PIL import Image
@@ -26,6 +25,7 @@ from handlers.codecs import (
 )
 from handlers.onnx_handler import TensorSpec
 from handlers.registry import HANDLER_GROUP, known_handler_names
+from tests.models import save_model
 from tests.server import ServerProcess, running_server
 from tests.wire import run_onnxruntime
 
@@ -41,11 +41,7 @@ def inverter(path: Path) -> Path:
         [helper.make_tensor_value_info("inverted", TensorProto.FLOAT, [1, 3, SIZE, SIZE])],
         [helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, path)
-    return path
+    return save_model(graph, path)
 
 
 def picture(width: int, height: int, image_format: str) -> bytes:
