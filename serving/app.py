@@ -102,8 +102,6 @@ def create_app(
         make_handler = lambda: load_handler_class(name)(config)  # noqa: E731
 
     app = Flask("serving")
-    # One byte over the limit: Werkzeug stops a chunked body at its maximum without raising,
-    # so a body that reaches limit + 1 bytes is how an oversize chunked body shows itself.
     body_limit = settings.max_payload_bytes
     state = ModelState(make_handler, settings.default_accept)
     active_requests = FairGate(settings.max_active_requests or 1)
@@ -151,22 +149,25 @@ def _read_body(settings: Settings, limit: int | None) -> bytes:
     A Content-Length over the limit is refused before reading; a chunked body is read up to
     one byte past the limit, which is how an oversize one shows itself.
     """
-    too_large = PayloadTooLarge(
-        f"request body is larger than the {settings.max_payload_mb:g} MiB limit "
-        "(SAGEMAKER_MAX_PAYLOAD_IN_MB)"
-    )
     declared = request.content_length
     if declared is not None and limit is not None and declared > limit:
-        raise too_large
+        raise _too_large(settings)
     wanted = declared if declared is not None else (-1 if limit is None else limit + 1)
     body = _read(request.stream, wanted)
     if limit is not None and len(body) > limit:
-        raise too_large
+        raise _too_large(settings)
     if declared is not None and len(body) < declared:
         raise InvalidInput(f"request body ended after {len(body)} of its {declared} bytes")
     if not body:
         raise InvalidInput("the request body is empty")
     return body
+
+
+def _too_large(settings: Settings) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"request body is larger than the {settings.max_payload_mb:g} MiB limit "
+        "(SAGEMAKER_MAX_PAYLOAD_IN_MB)"
+    )
 
 
 def _read(stream: IO[bytes], wanted: int) -> bytes:
