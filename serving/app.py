@@ -49,6 +49,9 @@ def handler_config(settings: Settings, codecs: CodecRegistry) -> HandlerConfig:
     )
 
 
+#: What a chunked body (no Content-Length) counts for in admission, in bytes.
+UNKNOWN_BODY_WEIGHT = 1 << 20
+
 #: What one body may decode to, as a multiple of the body limit (bounds compressed .npz).
 DECODED_SIZE_FACTOR = 16
 
@@ -104,7 +107,9 @@ def create_app(
     app = Flask("serving")
     body_limit = settings.max_payload_bytes
     state = ModelState(make_handler, settings.default_accept)
-    active_requests = FairGate(settings.max_active_requests or 1)
+    active_requests = FairGate(
+        settings.max_active_requests or 1, int(settings.max_active_mb * 1024 * 1024)
+    )
     app.extensions["serving"] = state
 
     @app.get("/ping")
@@ -125,7 +130,9 @@ def create_app(
             accept=accept,
             custom_attributes=request.headers.get(CUSTOM_ATTRIBUTES),
         )
-        with active_requests:  # the rest waits here, unread, leaving the event loop to /ping
+        # The rest wait here, unread, leaving the event loop to /ping and to earlier requests.
+        weight = request.content_length or UNKNOWN_BODY_WEIGHT
+        with active_requests.admit(weight):
             result = handler.invoke(_read_body(settings, body_limit), context)
         # content_type, not mimetype: Flask would append "; charset=utf-8" to text types and
         # pipelines pass the response type on to the next container verbatim.

@@ -82,6 +82,13 @@ def _integer(low: int, high: int | None = None) -> Callable[[str], int]:
     return parse
 
 
+def _positive_number(text: str) -> float:
+    value = _non_negative_number(text)
+    if value == 0:
+        raise ValueError("must be a positive number")
+    return value
+
+
 def _non_negative_number(text: str) -> float:
     try:
         value = float(text)
@@ -264,6 +271,15 @@ class Settings:
         "Requests a worker reads, decodes and runs at once; the others wait, unread, so that "
         "/ping is answered at once even under load. 0 means max batch size + concurrency.",
         default_text="0 (batch + concurrency)",
+    )
+    max_active_mb: float = _setting(
+        5.0,
+        "SERVING_MAX_ACTIVE_MB",
+        "--max-active-mb",
+        _positive_number,
+        "MiB of request bodies a worker reads, decodes and runs at once (a larger body goes "
+        "in alone); with the request limit, this keeps /ping fast under large bodies.",
+        default_text="5",
     )
     timeout: int = _setting(
         60,

@@ -169,23 +169,65 @@ def test_batching_goes_on_when_it_pays() -> None:
 
 
 def test_the_gate_admits_in_arrival_order() -> None:
-    gate = FairGate(1)
+    gate = FairGate(requests=1, body_bytes=100)
     order: list[int] = []
 
     def holder(index: int) -> None:
-        with gate:
+        with gate.admit(1):
             order.append(index)
             gevent.sleep(0.001)
 
     def greedy() -> None:  # takes the gate again and again, as a busy connection would
         for _ in range(3):
-            with gate:
+            with gate.admit(1):
                 order.append(99)
             gevent.sleep(0)
 
     greenlets = [gevent.spawn(holder, index) for index in range(4)] + [gevent.spawn(greedy)]
     gevent.joinall(greenlets, raise_error=True)
     assert order[:4] == [0, 1, 2, 3]  # the late greedy one never jumps the queue
+
+
+def test_the_gate_bounds_the_bytes_in_and_lets_a_large_body_in_alone() -> None:
+    gate = FairGate(requests=10, body_bytes=100)
+    inside: list[int] = []
+    most: list[int] = []
+
+    def holder(weight: int) -> None:
+        with gate.admit(weight):
+            inside.append(weight)
+            most.append(sum(min(w, 100) for w in inside))
+            if weight > 100:
+                assert inside == [weight]  # in alone
+            gevent.sleep(0.005)
+            inside.remove(weight)
+
+    weights = [60, 30, 500, 20, 50]
+    gevent.joinall([gevent.spawn(holder, weight) for weight in weights], raise_error=True)
+    assert max(most) <= 100
+    assert len(most) == len(weights)
+
+
+def test_a_waiter_that_gives_up_frees_the_ones_behind_it() -> None:
+    gate = FairGate(requests=10, body_bytes=100)
+    admitted: list[str] = []
+
+    def holder(name: str, weight: int, seconds: float) -> None:
+        with gate.admit(weight):
+            admitted.append(name)
+            gevent.sleep(seconds)
+
+    first = gevent.spawn(holder, "first", 80, 0.2)
+    gevent.sleep(0.01)
+    big = gevent.spawn(holder, "big", 50, 0)  # waits for room
+    gevent.sleep(0.01)
+    small = gevent.spawn(holder, "small", 10, 0)  # waits behind big, though it would fit
+    gevent.sleep(0.01)
+    assert admitted == ["first"]
+    big.kill()  # the client went away
+    small.join(timeout=1)
+    assert admitted == ["first", "small"]
+    first.join()
 
 
 def test_a_run_that_outlives_the_timeout_gives_504() -> None:
