@@ -118,6 +118,12 @@ def create_app(
             raise NotReady("the model is not loaded")
         return Response(status=HTTPStatus.OK, content_type="text/plain")
 
+    @app.get("/execution-parameters")
+    def execution_parameters() -> Response:
+        return Response(
+            orjson.dumps(settings.execution_parameters()), content_type="application/json"
+        )
+
     @app.post("/invocations")
     def invocations() -> Response:
         handler = state.handler

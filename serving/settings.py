@@ -19,6 +19,10 @@ from .cpus import available_cpus
 
 DEFAULT_MODEL_DIR = Path("/opt/ml/model")
 
+#: Batch transform's limits: bodies up to 100 MB, invocations up to an hour.
+BATCH_MAX_PAYLOAD_MB = 100.0
+BATCH_TIMEOUT = 3600
+
 
 class SettingsError(ValueError):
     """A setting's value is invalid; the message names the variable or flag and the value."""
@@ -115,6 +119,13 @@ def _media_type(text: str) -> str:
     value = text.strip().lower()
     if not _MEDIA_TYPE.match(value):
         raise ValueError("not a media type such as application/json")
+    return value
+
+
+def _batch_strategy(text: str) -> str:
+    value = text.strip().upper()
+    if value not in ("MULTI_RECORD", "SINGLE_RECORD"):
+        raise ValueError("must be MULTI_RECORD or SINGLE_RECORD")
     return value
 
 
@@ -319,6 +330,31 @@ class Settings:
         "0, as batch transform sets for chunked bodies, means no limit.",
         default_text="6",
     )
+    batch: bool = _setting(
+        False,
+        "SAGEMAKER_BATCH",
+        "--batch",
+        _boolean,
+        "Batch transform: defaults become a 100 MiB body limit and a 3600 s timeout.",
+        default_text="false",
+        is_switch=True,
+    )
+    batch_strategy: str = _setting(
+        "MULTI_RECORD",
+        "SAGEMAKER_BATCH_STRATEGY",
+        "--batch-strategy",
+        _batch_strategy,
+        "BatchStrategy that GET /execution-parameters suggests: MULTI_RECORD or SINGLE_RECORD.",
+    )
+    max_concurrent_transforms: int = _setting(
+        0,
+        "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS",
+        "--max-concurrent-transforms",
+        _integer(0),
+        "MaxConcurrentTransforms that GET /execution-parameters suggests; 0 means workers x "
+        "inference concurrency.",
+        default_text="0 (workers x concurrency)",
+    )
     log_level: int = _setting(
         logging.INFO,
         "SAGEMAKER_CONTAINER_LOG_LEVEL",
@@ -336,6 +372,18 @@ class Settings:
         default_text="false",
         is_switch=True,
     )
+
+    def execution_parameters(self) -> dict[str, int | str]:
+        """What ``GET /execution-parameters`` answers: how batch transform should call us."""
+        return {
+            "MaxConcurrentTransforms": self.max_concurrent_transforms
+            or self.workers * self.inference_concurrency,
+            "BatchStrategy": self.batch_strategy,
+            # 0 is the platform's "no limit, chunked bodies"; else whole MB, 1 to 100
+            "MaxPayloadInMB": 0
+            if self.max_payload_bytes is None
+            else min(max(int(self.max_payload_mb), 1), int(BATCH_MAX_PAYLOAD_MB)),
+        }
 
     @property
     def max_payload_bytes(self) -> int | None:
@@ -368,6 +416,9 @@ class Settings:
                 values[setting.name] = setting.parse(text)
             except ValueError as exc:
                 raise SettingsError(f"invalid {source}: {exc}") from None
+        if values.get("batch"):  # what batch transform jobs need, unless set otherwise
+            values.setdefault("max_payload_mb", BATCH_MAX_PAYLOAD_MB)
+            values.setdefault("timeout", BATCH_TIMEOUT)
         return cls(**values).resolved(available_cpus() if cpus is None else cpus)
 
     def resolved(self, cpus: int) -> Settings:
