@@ -183,6 +183,7 @@ class Settings:
         Path,
         "Model directory. The environment variable names the base directory "
         "(the model directory is its model/ folder), the flag the model directory itself.",
+        default_text="/opt/ml/model (SAGEMAKER_BASE_DIR=/opt/ml)",
         from_env=lambda base: base.rstrip("/") + "/model",
     )
     model_file: str | None = _setting(

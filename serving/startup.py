@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from handlers.registry import UnknownHandler, check_handler_name
+from handlers.registry import BUILTIN_HANDLERS, UnknownHandler, check_handler_name
 
 from .settings import Settings, SettingsError
 
@@ -22,4 +22,9 @@ def check_settings(settings: Settings) -> str:
         check_handler_name(name)
     except UnknownHandler as exc:
         raise SettingsError(f"invalid SERVING_HANDLER={settings.handler!r}: {exc}") from None
+    if name in BUILTIN_HANDLERS and not settings.model_dir.is_dir():
+        raise SettingsError(
+            f"model directory {settings.model_dir} does not exist "
+            "(--model-dir, or SAGEMAKER_BASE_DIR with its model/ folder)"
+        )
     return name

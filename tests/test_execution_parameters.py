@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from serving import Settings
 from serving.app import create_app
 from tests.server import ServerProcess
 
+IRIS = Path(__file__).parent.parent / "examples" / "iris" / "model"
+
 
 def parameters(environ: dict[str, str], cpus: int = 4) -> object:
-    app = create_app(Settings.from_sources(environ, cpus=cpus))
+    settings = Settings.from_sources(environ, {"model_dir": str(IRIS)}, cpus=cpus)
+    app = create_app(settings)
     response = app.test_client().get("/execution-parameters")
     assert response.status_code == 200
     assert response.headers["Content-Type"] == "application/json"

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+IRIS = str(Path(__file__).parent.parent / "examples" / "iris" / "model")
 
 
 def modules_after_import(statement: str) -> set[str]:
@@ -38,7 +41,7 @@ def test_the_master_stays_small() -> None:
     statement = (
         "import serving.cli, serving.server; from serving import Settings; "
         "from serving.startup import check_settings; "
-        "check_settings(Settings.from_sources({}, cpus=1))"
+        f"check_settings(Settings.from_sources({{}}, {{'model_dir': {IRIS!r}}}, cpus=1))"
     )
     loaded = modules_after_import(statement)
     assert not {"flask", "numpy", "onnxruntime", "orjson"} & loaded
@@ -48,7 +51,8 @@ def test_the_master_is_not_monkey_patched() -> None:
     """gevent patches each worker after fork; the master must stay a plain process."""
     code = (
         "from serving import Settings; from serving.app import create_app; import serving.server; "
-        "create_app(Settings.from_sources({}, cpus=1)); import gevent.monkey; "
+        f"create_app(Settings.from_sources({{}}, {{'model_dir': {IRIS!r}}}, cpus=1)); "
+        "import gevent.monkey; "
         "print(gevent.monkey.is_anything_patched())"
     )
     result = subprocess.run(
@@ -60,6 +64,6 @@ def test_the_master_is_not_monkey_patched() -> None:
 def test_creating_the_app_imports_no_model_runtime() -> None:
     statement = (
         "from serving import Settings; from serving.app import create_app; "
-        "create_app(Settings.from_sources({}, cpus=1))"
+        f"create_app(Settings.from_sources({{}}, {{'model_dir': {IRIS!r}}}, cpus=1))"
     )
     assert "onnxruntime" not in modules_after_import(statement)

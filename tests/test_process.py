@@ -38,6 +38,7 @@ def run_cli(
         ((), {"SERVING_HANDLER": "nonsense"}, "unknown handler 'nonsense'; known handlers: "),
         (("--handler", "nowhere.at_all:Handler"), {}, "module 'nowhere.at_all' not found"),
         (("--timeout", "-5"), {}, "invalid --timeout '-5'"),
+        (("--model-dir", "/nonexistent/model"), {}, "model directory /nonexistent/model does not"),
     ],
 )
 def test_invalid_settings_exit_non_zero_naming_them(
