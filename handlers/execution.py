@@ -10,7 +10,7 @@ handlers stay the same either way.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from .tensors import Array, Outputs
 
@@ -18,6 +18,8 @@ from .tensors import Array, Outputs
 Feeds = dict[str, Array]
 #: A blocking model run.
 Runner = Callable[[Feeds], Outputs]
+
+T = TypeVar("T")
 
 
 class Executor(Protocol):
@@ -30,9 +32,16 @@ class Executor(Protocol):
         """
         ...
 
+    def call(self, function: Callable[..., T], *args: Any) -> T:
+        """``function(*args)``: other blocking work, such as user code, off the event loop."""
+        ...
+
 
 class InlineExecutor:
     """Runs the model in the calling thread, one request at a time."""
 
     def run(self, runner: Runner, feeds: Feeds, *, batchable: bool) -> Outputs:
         return runner(feeds)
+
+    def call(self, function: Callable[..., T], *args: Any) -> T:
+        return function(*args)

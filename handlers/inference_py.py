@@ -46,6 +46,7 @@ import numpy as np
 
 from .base import CUSTOM_ATTRIBUTES, Encoded, Handler, InvocationContext
 from .errors import ModelFailed, ModelLoadError, ServingError
+from .execution import Executor
 from .onnx_handler import OnnxHandler
 from .tensors import Inputs, Outputs, as_numeric_array
 
@@ -127,6 +128,11 @@ class Hook:
             raise
         except Exception as exc:  # user code: any exception is the hook's failure
             raise _hook_error(self.name, exc) from exc
+
+    def off_loop(self, executor: Executor, context: ToolkitContext, *arguments: Any) -> Any:
+        """Call the hook through ``executor``: model work may be long, and must not hold up
+        the worker's event loop (``/ping``)."""
+        return executor.call(self, context, *arguments)
 
 
 def _takes_context(function: Callable[..., Any], arity: int) -> bool:
@@ -231,8 +237,13 @@ class InferencePyHandler(Handler):
         hook_context = ToolkitContext(self.config.model_dir, context)
         hooks = self._hooks
         if "transform_fn" in hooks:
-            result = hooks["transform_fn"](
-                hook_context, self.model, body, context.content_type, context.accept
+            result = hooks["transform_fn"].off_loop(
+                self.config.executor,
+                hook_context,
+                self.model,
+                body,
+                context.content_type,
+                context.accept,
             )
             return _reply("transform_fn", result, context.accept)
         if "input_fn" in hooks:
@@ -240,7 +251,9 @@ class InferencePyHandler(Handler):
         else:
             data = self.decode(body, context.content_type)
         if "predict_fn" in hooks:
-            prediction = hooks["predict_fn"](hook_context, data, self.model)
+            prediction = hooks["predict_fn"].off_loop(
+                self.config.executor, hook_context, data, self.model
+            )
         else:
             prediction = self.predict(data, context)
         if "output_fn" in hooks:
@@ -255,7 +268,7 @@ class InferencePyHandler(Handler):
         if not callable(self.model):
             raise ModelFailed("no predict_fn, and the model model_fn returned is not callable")
         try:
-            return _as_outputs(self.model(inputs))
+            return _as_outputs(self.config.executor.call(self.model, inputs))
         except ServingError:
             raise
         except Exception as exc:  # user code: any exception is the model's failure

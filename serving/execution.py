@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from itertools import pairwise
@@ -35,7 +36,7 @@ from gevent.event import AsyncResult, Event
 from gevent.threadpool import ThreadPool
 
 from handlers.errors import ServingError
-from handlers.execution import Feeds, Runner
+from handlers.execution import Feeds, Runner, T
 from handlers.tensors import Outputs
 
 #: Weight of the newest run in the running estimate of a model's time per row.
@@ -205,6 +206,14 @@ class GeventExecutor:
         lane.runs_since_batch = 0 if together else lane.runs_since_batch + 1
         return outputs
 
+    def call(self, function: Callable[..., T], *args: Any) -> T:
+        """``function(*args)`` in a pool thread, within the timeout. Pure Python holds the GIL
+        there too, but gives it up every few milliseconds, so the loop still answers /ping."""
+        outcome, error = self._wait(self._threads().spawn(_captured, function, *args))
+        if error is not None:
+            raise error
+        return outcome  # type: ignore[no-any-return]
+
     def _threads(self) -> ThreadPool:
         if self._pool is None:
             self._pool = ThreadPool(self.concurrency)
@@ -278,6 +287,13 @@ class GeventExecutor:
         for request, own in zip(batch, split, strict=True):
             request.result.set(own)
         return True
+
+
+def _captured(function: Callable[..., Any], *args: Any) -> tuple[Any, Exception | None]:
+    try:
+        return function(*args), None
+    except Exception as exc:  # noqa: BLE001 - re-raised by the caller, in its greenlet
+        return None, exc
 
 
 def _timed(runner: Runner, feeds: Feeds) -> tuple[Outputs, Exception | None, float]:

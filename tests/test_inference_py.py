@@ -6,12 +6,15 @@ import io
 import json
 import shutil
 import textwrap
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 
 from tests.server import ServerProcess, launch, running_server
 from tests.wire import run_onnxruntime
@@ -313,3 +316,28 @@ def test_program_and_code_dir_settings(tmp_path: Path, linear_model: Path) -> No
     ) as server:
         response = server.post("/invocations", b"hello", {"Content-Type": "text/plain"})
         assert response.content == b"hello!"
+
+
+BUSY_PREDICT = """
+    import time
+
+    def predict_fn(data, model):
+        end = time.perf_counter() + 1.0
+        while time.perf_counter() < end:  # pure Python, holding the GIL
+            pass
+        return data
+"""
+
+
+def test_slow_user_code_does_not_hold_up_ping(serve_code: ServeCode) -> None:
+    server = serve_code(BUSY_PREDICT)
+    slow = threading.Thread(
+        target=server.post, args=("/invocations", b"[[1, 2, 3, 4]]", JSON), daemon=True
+    )
+    slow.start()
+    time.sleep(0.2)  # predict_fn is busy now
+    started = time.monotonic()
+    ping = requests.get(server.url("/ping"), timeout=5)
+    assert ping.status_code == 200
+    assert time.monotonic() - started < 0.3  # not the rest of the second predict_fn takes
+    slow.join(timeout=5)
