@@ -37,8 +37,13 @@ class HandlerConfig:
     model_dir: Path
     #: File to load inside ``model_dir``; ``None`` means "find the one model file".
     model_file: str | None = None
-    #: onnxruntime execution providers, in order of preference.
-    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    #: onnxruntime execution providers, in order of preference; ``("auto",)`` is the best
+    #: available (see :mod:`handlers.providers`).
+    providers: tuple[str, ...] = ("auto",)
+    #: Run on the CPU when a requested GPU provider cannot start, instead of failing.
+    allow_cpu_fallback: bool = False
+    #: This worker's number, to spread workers across GPUs.
+    worker_index: int = 0
     #: Threads one inference may use (onnxruntime intra-op threads); 0 lets the runtime choose.
     threads: int = 1
     #: Folder of user code (``SAGEMAKER_SUBMIT_DIRECTORY``) and the module in it to load.

@@ -13,6 +13,13 @@ import numpy as np
 from .base import Handler, InvocationContext
 from .errors import InvalidInput, ModelFailed, ModelLoadError
 from .execution import Feeds
+from .providers import (
+    GPU_PROVIDERS,
+    check_session_providers,
+    choose_providers,
+    provider_options,
+    visible_gpus,
+)
 from .tensors import Array, Inputs, Outputs, describe, is_numeric
 
 log = logging.getLogger(__name__)
@@ -132,13 +139,9 @@ class OnnxHandler(Handler):
         import onnxruntime as ort  # here, not at import: only workers pay for it
 
         path = find_model_file(self.config.model_dir, self.config.model_file)
-        available = ort.get_available_providers()
-        missing = [p for p in self.config.providers if p not in available]
-        if missing:
-            raise ModelLoadError(
-                f"execution providers {', '.join(missing)} are not available in this "
-                f"onnxruntime (available: {', '.join(available)})"
-            )
+        providers = choose_providers(self.config.providers, ort.get_available_providers())
+        gpus = visible_gpus()
+        device = self.config.worker_index % gpus if gpus else 0
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.config.threads
         options.inter_op_num_threads = 1
@@ -147,10 +150,12 @@ class OnnxHandler(Handler):
         options.log_severity_level = 4
         try:
             self.session = ort.InferenceSession(
-                str(path), options, providers=list(self.config.providers)
+                str(path), options, providers=provider_options(providers, device)
             )
         except Exception as exc:  # onnxruntime raises its own classes for every load failure
             raise ModelLoadError(f"onnxruntime cannot load {path}: {exc}") from exc
+        in_use = self.session.get_providers()
+        check_session_providers(providers, in_use, self.config.allow_cpu_fallback)
         self._invalid_argument = ort.capi.onnxruntime_pybind11_state.InvalidArgument
         self.inputs = [self._spec(arg) for arg in self.session.get_inputs()]
         self.output_names = self._tensor_outputs()
@@ -159,11 +164,12 @@ class OnnxHandler(Handler):
             _free_first_dim(shape) for shape in output_shapes
         )
         log.info(
-            "loaded %s: inputs %s, outputs %s, providers %s%s",
+            "loaded %s: inputs %s, outputs %s, providers %s%s%s",
             path,
             ", ".join(f"{s.name} {s.dtype} {s.shape_text()}" for s in self.inputs),
             ", ".join(self.output_names),
-            ", ".join(self.session.get_providers()),
+            ", ".join(in_use),
+            f" on GPU {device}" if set(in_use) & set(GPU_PROVIDERS) else "",
             ", batchable" if self.batchable else "",
         )
 

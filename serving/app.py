@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 HandlerFactory = Callable[[], Handler]
 
 
-def handler_config(settings: Settings, codecs: CodecRegistry) -> HandlerConfig:
+def handler_config(
+    settings: Settings, codecs: CodecRegistry, worker_index: int = 0
+) -> HandlerConfig:
     executor = GeventExecutor(
         concurrency=settings.inference_concurrency,
         max_batch_rows=settings.max_batch_size,
@@ -41,6 +43,8 @@ def handler_config(settings: Settings, codecs: CodecRegistry) -> HandlerConfig:
         model_dir=settings.model_dir,
         model_file=settings.model_file,
         providers=settings.providers,
+        allow_cpu_fallback=settings.allow_cpu_fallback,
+        worker_index=worker_index,
         threads=settings.inference_threads,
         code_dir=settings.code_dir,
         program=settings.program,
@@ -87,11 +91,13 @@ def create_app(
     *,
     make_handler: HandlerFactory | None = None,
     codecs: CodecRegistry | None = None,
+    worker_index: int = 0,
 ) -> Flask:
     """The WSGI app for ``settings``; the model is loaded later by :func:`load_model`.
 
     ``make_handler`` builds the handler (by default the one the settings name, imported only
-    when called); ``codecs`` defaults to the built-in codecs plus installed plugins. Raises
+    when called); ``codecs`` defaults to the built-in codecs plus installed plugins;
+    ``worker_index`` spreads workers across GPUs. Raises
     :class:`SettingsError` for an unknown handler name or a broken codec plugin.
     """
     if codecs is None:
@@ -101,7 +107,7 @@ def create_app(
             raise SettingsError(str(exc)) from None
     if make_handler is None:
         name = check_settings(settings)
-        config = handler_config(settings, codecs)
+        config = handler_config(settings, codecs, worker_index)
         make_handler = lambda: load_handler_class(name)(config)  # noqa: E731
 
     app = Flask("serving")

@@ -55,11 +55,13 @@ class ServingApplication(BaseApplication):  # type: ignore[misc]  # gunicorn is 
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.worker_index = 0  # set in each worker by post_fork
         super().__init__()
 
     def load_config(self) -> None:
         options = gunicorn_options(self.settings)
         options["on_starting"] = self.on_starting
+        options["post_fork"] = self.post_fork
         options["post_worker_init"] = self.post_worker_init
         for key, value in options.items():
             if value is not None:
@@ -70,10 +72,15 @@ class ServingApplication(BaseApplication):  # type: ignore[misc]  # gunicorn is 
         from .app import create_app
 
         try:
-            return create_app(self.settings)
+            return create_app(self.settings, worker_index=self.worker_index)
         except SettingsError as exc:  # e.g. a broken codec plugin: stop, do not retry
             log.error("invalid configuration: %s", exc)
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
+
+    def post_fork(self, arbiter: Arbiter, worker: Any) -> None:
+        # gunicorn numbers workers from 1 as it starts them (replacements too): spreading
+        # workers across GPUs by it keeps a replaced worker's successor balanced.
+        self.worker_index = worker.age - 1
 
     def on_starting(self, arbiter: Arbiter) -> None:
         log.info("configuration: %s", self.settings.describe())

@@ -195,12 +195,22 @@ class Settings:
         default_text="the only *.onnx",
     )
     providers: tuple[str, ...] = _setting(
-        ("CPUExecutionProvider",),
+        ("auto",),
         "SERVING_PROVIDERS",
         "--providers",
         _providers,
-        "onnxruntime execution providers, comma-separated, in order of preference.",
-        default_text="CPUExecutionProvider",
+        "onnxruntime execution providers, comma-separated, in order of preference; auto "
+        "is CUDA when the installed onnxruntime has it, then the CPU.",
+        default_text="auto",
+    )
+    allow_cpu_fallback: bool = _setting(
+        False,
+        "SERVING_ALLOW_CPU_FALLBACK",
+        "--allow-cpu-fallback",
+        _boolean,
+        "Run on the CPU when a GPU provider cannot start, instead of stopping.",
+        default_text="false",
+        is_switch=True,
     )
     code_dir: Path | None = _setting(
         None,
