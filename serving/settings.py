@@ -9,12 +9,12 @@ value named; nothing falls back silently.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from . import parsing as parse
 from .cpus import available_cpus
 
 DEFAULT_MODEL_DIR = Path("/opt/ml/model")
@@ -70,100 +70,6 @@ def _setting(
     return field(default=default, metadata=meta)
 
 
-# --- parsers: each takes the text and returns the value or raises ValueError(reason) ---
-
-
-def _integer(low: int, high: int | None = None) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise ValueError("not a whole number") from None
-        if value < low or (high is not None and value > high):
-            raise ValueError(f"must be between {low} and {high}" if high else f"must be >= {low}")
-        return value
-
-    return parse
-
-
-def _positive_number(text: str) -> float:
-    value = _non_negative_number(text)
-    if value == 0:
-        raise ValueError("must be a positive number")
-    return value
-
-
-def _non_negative_number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError("not a number") from None
-    if not 0 <= value < float("inf"):
-        raise ValueError("must be a number >= 0")
-    return value
-
-
-def _boolean(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError("not a boolean (true/false)")
-
-
-_MEDIA_TYPE = re.compile(r"^[\w.+-]+/[\w.+-]+$")
-
-
-def _media_type(text: str) -> str:
-    value = text.strip().lower()
-    if not _MEDIA_TYPE.match(value):
-        raise ValueError("not a media type such as application/json")
-    return value
-
-
-def _batch_strategy(text: str) -> str:
-    value = text.strip().upper()
-    if value not in ("MULTI_RECORD", "SINGLE_RECORD"):
-        raise ValueError("must be MULTI_RECORD or SINGLE_RECORD")
-    return value
-
-
-def _log_level(text: str) -> int:
-    value = text.strip()
-    if value.lstrip("-").isdigit():
-        level = int(value)
-        if not 0 <= level <= 50:
-            raise ValueError("a numeric log level must be between 0 and 50")
-        return level
-    level_by_name = logging.getLevelNamesMapping()
-    if value.upper() not in level_by_name:
-        raise ValueError("not a level name (DEBUG, INFO, WARNING, ERROR) or number (10-50)")
-    return level_by_name[value.upper()]
-
-
-def _providers(text: str) -> tuple[str, ...]:
-    names = tuple(name.strip() for name in text.split(",") if name.strip())
-    if not names:
-        raise ValueError("no execution provider named")
-    return names
-
-
-def _nonempty(text: str) -> str:
-    if not text.strip():
-        raise ValueError("must not be empty")
-    return text.strip()
-
-
-def _optional(text: str) -> str | None:
-    return text.strip() or None
-
-
-def _code_dir(text: str) -> Path | None:
-    value = text.strip()
-    return None if not value or value.startswith("s3://") else Path(value)
-
-
 @dataclass(frozen=True)
 class Settings:
     """The server's configuration: built once at startup, frozen, passed to everything."""
@@ -172,7 +78,7 @@ class Settings:
         "auto",
         "SERVING_HANDLER",
         "--handler",
-        _nonempty,
+        parse.nonempty,
         "Handler: auto (inference_py when the code directory holds the program, else onnx), "
         "a built-in or entry-point name, or package.module:Class.",
     )
@@ -190,7 +96,7 @@ class Settings:
         None,
         "SERVING_MODEL_FILE",
         "--model-file",
-        _optional,
+        parse.optional,
         "Model file inside the model directory; by default the only *.onnx file there.",
         default_text="the only *.onnx",
     )
@@ -198,7 +104,7 @@ class Settings:
         ("auto",),
         "SERVING_PROVIDERS",
         "--providers",
-        _providers,
+        parse.providers,
         "onnxruntime execution providers, comma-separated, in order of preference; auto "
         "is CUDA when the installed onnxruntime has it, then the CPU.",
         default_text="auto",
@@ -207,7 +113,7 @@ class Settings:
         False,
         "SERVING_ALLOW_CPU_FALLBACK",
         "--allow-cpu-fallback",
-        _boolean,
+        parse.boolean,
         "Run on the CPU when a GPU provider cannot start, instead of stopping.",
         default_text="false",
         is_switch=True,
@@ -216,7 +122,7 @@ class Settings:
         None,
         "SAGEMAKER_SUBMIT_DIRECTORY",
         "--code-dir",
-        _code_dir,
+        parse.code_dir,
         "Folder of user code (inference.py). An s3:// URL, which the SageMaker SDK may set, "
         "means the default: the SDK also repacks the code into the model's code/ folder.",
         default_text="<model dir>/code",
@@ -225,28 +131,28 @@ class Settings:
         "inference.py",
         "SAGEMAKER_PROGRAM",
         "--program",
-        _nonempty,
+        parse.nonempty,
         "User module in the code directory, with model_fn/input_fn/predict_fn/output_fn.",
     )
     host: str = _setting(
         "0.0.0.0",  # noqa: S104 - a container must listen on every interface
         "SERVING_HOST",
         "--host",
-        _nonempty,
+        parse.nonempty,
         "Address to listen on.",
     )
     port: int = _setting(
         8080,
         "SAGEMAKER_BIND_TO_PORT",
         "--port",
-        _integer(1, 65535),
+        parse.integer(1, 65535),
         "Port to listen on (SageMaker sets it for inference pipelines).",
     )
     workers: int = _setting(
         0,
         "SAGEMAKER_MODEL_SERVER_WORKERS",
         "--workers",
-        _integer(0),
+        parse.integer(0),
         "Worker processes, each with its own copy of the model; 0 means one per CPU this "
         "process may use (cgroup quota and affinity).",
         default_text="0 (CPUs available)",
@@ -255,7 +161,7 @@ class Settings:
         0,
         "SERVING_INFERENCE_THREADS",
         "--inference-threads",
-        _integer(0),
+        parse.integer(0),
         "Threads one inference may use (onnxruntime intra-op threads); 0 means CPUs "
         "available divided by workers, at least 1.",
         default_text="0 (CPUs / workers)",
@@ -264,7 +170,7 @@ class Settings:
         1,
         "SERVING_INFERENCE_CONCURRENCY",
         "--inference-concurrency",
-        _integer(1),
+        parse.integer(1),
         "Model runs in flight at once per worker, each in its own native thread off the "
         "event loop.",
     )
@@ -272,7 +178,7 @@ class Settings:
         32,
         "SERVING_MAX_BATCH_SIZE",
         "--max-batch-size",
-        _integer(1),
+        parse.integer(1),
         "Rows one model run may gather from concurrent requests (models with a free first "
         "dimension); 1 turns batching off.",
     )
@@ -280,7 +186,7 @@ class Settings:
         0.0,
         "SERVING_MAX_BATCH_DELAY_MS",
         "--max-batch-delay-ms",
-        _non_negative_number,
+        parse.non_negative_number,
         "Milliseconds a partial batch waits for more requests; 0 batches only what queued "
         "while the previous run was busy.",
         default_text="0",
@@ -289,7 +195,7 @@ class Settings:
         0,
         "SERVING_MAX_ACTIVE_REQUESTS",
         "--max-active-requests",
-        _integer(0),
+        parse.integer(0),
         "Requests a worker reads, decodes and runs at once; the others wait, unread, so that "
         "/ping is answered at once even under load. 0 means max batch size + concurrency.",
         default_text="0 (batch + concurrency)",
@@ -298,7 +204,7 @@ class Settings:
         5.0,
         "SERVING_MAX_ACTIVE_MB",
         "--max-active-mb",
-        _positive_number,
+        parse.positive_number,
         "MiB of request bodies a worker reads, decodes and runs at once (a larger body goes "
         "in alone); with the request limit, this keeps /ping fast under large bodies.",
         default_text="5",
@@ -307,7 +213,7 @@ class Settings:
         60,
         "SAGEMAKER_MODEL_SERVER_TIMEOUT",
         "--timeout",
-        _integer(1),
+        parse.integer(1),
         "Seconds a request waits for its model run before a 504, and a worker's event loop "
         "may stay blocked before gunicorn restarts the worker.",
     )
@@ -315,28 +221,28 @@ class Settings:
         25,
         "SERVING_GRACEFUL_TIMEOUT",
         "--graceful-timeout",
-        _integer(0),
+        parse.integer(0),
         "Seconds in-flight requests get to finish after SIGTERM (SageMaker kills at 30).",
     )
     keepalive: int = _setting(
         60,
         "SERVING_KEEPALIVE",
         "--keepalive",
-        _integer(0),
+        parse.integer(0),
         "Seconds an idle keep-alive connection is kept open.",
     )
     default_accept: str = _setting(
         "application/json",
         "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT",
         "--default-accept",
-        _media_type,
+        parse.media_type,
         "Response type when a request has no Accept or accepts anything (*/*).",
     )
     max_payload_mb: float = _setting(
         6.0,
         "SAGEMAKER_MAX_PAYLOAD_IN_MB",
         "--max-payload-mb",
-        _non_negative_number,
+        parse.non_negative_number,
         "Largest request body in MiB; larger ones get 413 (batch transform sends up to 100). "
         "0, as batch transform sets for chunked bodies, means no limit.",
         default_text="6",
@@ -345,7 +251,7 @@ class Settings:
         False,
         "SAGEMAKER_BATCH",
         "--batch",
-        _boolean,
+        parse.boolean,
         "Batch transform: defaults become a 100 MiB body limit and a 3600 s timeout.",
         default_text="false",
         is_switch=True,
@@ -354,14 +260,14 @@ class Settings:
         "MULTI_RECORD",
         "SAGEMAKER_BATCH_STRATEGY",
         "--batch-strategy",
-        _batch_strategy,
+        parse.batch_strategy,
         "BatchStrategy that GET /execution-parameters suggests: MULTI_RECORD or SINGLE_RECORD.",
     )
     max_concurrent_transforms: int = _setting(
         0,
         "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS",
         "--max-concurrent-transforms",
-        _integer(0),
+        parse.integer(0),
         "MaxConcurrentTransforms that GET /execution-parameters suggests; 0 means workers x "
         "inference concurrency.",
         default_text="0 (workers x concurrency)",
@@ -370,7 +276,7 @@ class Settings:
         logging.INFO,
         "SAGEMAKER_CONTAINER_LOG_LEVEL",
         "--log-level",
-        _log_level,
+        parse.log_level,
         "Log level, as a name (INFO) or a number (20).",
         default_text="INFO",
     )
@@ -378,7 +284,7 @@ class Settings:
         False,
         "SERVING_LOG_PINGS",
         "--log-pings",
-        _boolean,
+        parse.boolean,
         "Access-log GET /ping too (off: SageMaker pings every few seconds).",
         default_text="false",
         is_switch=True,
