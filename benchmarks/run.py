@@ -116,7 +116,8 @@ def start(name: str, model_dir: Path, log: Path) -> Iterator[Server]:
     if name == "this server":
         command = [sys.executable, "-m", "serving", "serve", "--model-dir", str(model_dir)]
         command += ["--host", "127.0.0.1", "--port", str(port)]
-        environ = dict(os.environ)
+        # Without the example plugin the tests install here: a production image has none.
+        environ = {**os.environ, "SERVING_CODEC_PLUGINS": "none"}
     else:
         # --http-parser python: a plain `pip install gunicorn` has no C parser (this venv does)
         command = [

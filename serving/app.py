@@ -102,7 +102,7 @@ def create_app(
     """
     if codecs is None:
         try:
-            codecs = installed_codecs(decoded_size_limit(settings))
+            codecs = installed_codecs(decoded_size_limit(settings), settings.codec_plugins)
         except CodecPluginError as exc:
             raise SettingsError(str(exc)) from None
     if make_handler is None:

@@ -99,3 +99,13 @@ def optional(text: str) -> str | None:
 def code_dir(text: str) -> Path | None:
     value = text.strip()
     return None if not value or value.startswith("s3://") else Path(value)
+
+
+def plugin_names(text: str) -> tuple[str, ...] | None:
+    """``all`` (every installed plugin: ``None``), ``none``, or entry-point names."""
+    value = text.strip()
+    if value.lower() == "all":
+        return None
+    if value.lower() in ("none", ""):
+        return ()
+    return tuple(name.strip() for name in value.split(",") if name.strip())

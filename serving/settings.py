@@ -109,6 +109,14 @@ class Settings:
         "is CUDA when the installed onnxruntime has it, then the CPU.",
         default_text="auto",
     )
+    codec_plugins: tuple[str, ...] | None = _setting(
+        None,
+        "SERVING_CODEC_PLUGINS",
+        "--codec-plugins",
+        parse.plugin_names,
+        "Codec plugins to load: all installed ones, none, or entry-point names, comma-separated.",
+        default_text="all",
+    )
     allow_cpu_fallback: bool = _setting(
         False,
         "SERVING_ALLOW_CPU_FALLBACK",

@@ -56,6 +56,9 @@ def test_base_dir_variable_names_the_model_folder() -> None:
         ({"SERVING_PROVIDERS": "A, B"}, ("providers", ("A", "B"))),
         ({"SERVING_LOG_PINGS": "true"}, ("log_pings", True)),
         ({"SAGEMAKER_MODEL_SERVER_WORKERS": "3"}, ("workers", 3)),
+        ({"SERVING_CODEC_PLUGINS": "all"}, ("codec_plugins", None)),
+        ({"SERVING_CODEC_PLUGINS": "none"}, ("codec_plugins", ())),
+        ({"SERVING_CODEC_PLUGINS": "png, jpeg"}, ("codec_plugins", ("png", "jpeg"))),
     ],
 )
 def test_values_parse(environ: dict[str, str], expected: tuple[str, object]) -> None:

@@ -9,6 +9,8 @@ that installed packages register through entry points.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from .csv_codec import CsvCodec
 from .json_codecs import JsonCodec, JsonLinesCodec
 from .numpy_codecs import MAX_NPZ_EXPANDED_BYTES, NpyCodec, NpzCodec
@@ -26,9 +28,12 @@ def default_codecs(max_expanded_bytes: int = MAX_NPZ_EXPANDED_BYTES) -> CodecReg
     )
 
 
-def installed_codecs(max_expanded_bytes: int = MAX_NPZ_EXPANDED_BYTES) -> CodecRegistry:
-    """The built-in codecs plus those of installed plugins (see :mod:`.plugins`)."""
-    return register_codec_plugins(default_codecs(max_expanded_bytes))
+def installed_codecs(
+    max_expanded_bytes: int = MAX_NPZ_EXPANDED_BYTES, names: Collection[str] | None = None
+) -> CodecRegistry:
+    """The built-in codecs plus those of installed plugins (all, or those ``names`` names;
+    see :mod:`.plugins`)."""
+    return register_codec_plugins(default_codecs(max_expanded_bytes), names=names)
 
 
 __all__ = [

@@ -14,7 +14,7 @@ In a package's ``pyproject.toml``::
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
@@ -28,10 +28,25 @@ class CodecPluginError(ValueError):
 
 
 def register_codec_plugins(
-    registry: CodecRegistry, plugins: Iterable[EntryPoint] | None = None
+    registry: CodecRegistry,
+    plugins: Iterable[EntryPoint] | None = None,
+    names: Collection[str] | None = None,
 ) -> CodecRegistry:
-    """Add every installed codec plugin (or those of ``plugins``) to ``registry``; return it."""
-    for entry in entry_points(group=CODEC_GROUP) if plugins is None else plugins:
+    """Add the installed codec plugins (or those of ``plugins``) to ``registry``; return it.
+
+    ``names`` keeps only the plugins of those entry-point names (``None``: all of them); a
+    name no installed plugin has is refused, listing the installed ones.
+    """
+    available = list(entry_points(group=CODEC_GROUP) if plugins is None else plugins)
+    if names is not None:
+        unknown = sorted(set(names) - {entry.name for entry in available})
+        if unknown:
+            installed = ", ".join(sorted(entry.name for entry in available)) or "none"
+            raise CodecPluginError(
+                f"no codec plugin named {', '.join(unknown)} (installed: {installed})"
+            )
+        available = [entry for entry in available if entry.name in names]
+    for entry in available:
         where = f"codec plugin {entry.name!r} ({entry.value})"
         try:
             loaded: Any = entry.load()

@@ -25,6 +25,8 @@ from handlers.codecs import (
 )
 from handlers.onnx_handler import TensorSpec
 from handlers.registry import HANDLER_GROUP, known_handler_names
+from serving import Settings
+from serving.app import create_app, load_model
 from tests.models import save_model
 from tests.server import ServerProcess, running_server
 from tests.wire import run_onnxruntime
@@ -179,3 +181,27 @@ def test_bad_images_are_400(
     response = server.post("/invocations", body, {"Content-Type": content_type})
     assert response.status_code == 400
     assert message in response.json()["error"]
+
+
+def test_plugins_can_be_chosen_by_name() -> None:
+    only_png = register_codec_plugins(default_codecs(), names=["png"])
+    assert only_png.decoder("image/png") is not None
+    assert only_png.decoder("image/jpeg") is None
+    assert register_codec_plugins(default_codecs(), names=[]).decodable == (
+        default_codecs().decodable
+    )
+    with pytest.raises(CodecPluginError, match=r"no codec plugin named gif \(installed: .*png"):
+        register_codec_plugins(default_codecs(), names=["gif"])
+
+
+def test_a_server_without_plugins_refuses_their_types() -> None:
+    iris = Path(__file__).parents[2] / "iris" / "model"
+    settings = Settings.from_sources(
+        {"SERVING_CODEC_PLUGINS": "none"}, {"model_dir": str(iris)}, cpus=1
+    )
+    app = create_app(settings)
+    load_model(app)
+    response = app.test_client().post(
+        "/invocations", data=picture(4, 4, "PNG"), headers={"Content-Type": "image/png"}
+    )
+    assert response.status_code == 415
