@@ -2,10 +2,11 @@
 
 A handler is a class; serving builds one instance per worker process from a
 :class:`HandlerConfig` and calls :meth:`Handler.load` once, after the worker has forked and
-before it reports ready. For every ``POST /invocations`` serving first asks
-:meth:`Handler.content_types` and :meth:`Handler.accept_types` which media types the handler
-takes and gives (answering 415 or 406 itself, before reading the body), then calls
-:meth:`Handler.invoke` with the body and an :class:`InvocationContext`.
+before it reports ready. Right after ``load`` serving asks :meth:`Handler.content_types` and
+:meth:`Handler.accept_types` which media types the handler takes and gives (once: the answers
+must not change afterwards). For every ``POST /invocations`` it answers 415 or 406 from them
+itself, before reading the body, then calls :meth:`Handler.invoke` with the body and an
+:class:`InvocationContext`.
 
 Implement at least :meth:`~Handler.load` and :meth:`~Handler.predict`; the other methods
 default to the framework's behaviour: the codec registry decodes the body by Content-Type and

@@ -72,16 +72,21 @@ class ModelState:
         self._make_handler = make_handler
         self._default_accept = default_accept
         self.handler: Handler | None = None
+        #: The handler's media types, asked once after it loaded (``None``: any).
+        self.content_types: frozenset[str] | None = None
+        self.accept_types: tuple[str, ...] | None = None
 
     def load(self) -> None:
         handler = self._make_handler()
         handler.load()
-        offers = handler.accept_types()
+        takes, offers = handler.content_types(), handler.accept_types()
         if offers is not None and self._default_accept not in offers:
             raise ModelLoadError(
                 f"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT={self._default_accept!r} cannot be "
                 f"written by this handler; it writes {', '.join(offers)}"
             )
+        self.content_types = None if takes is None else frozenset(takes)
+        self.accept_types = None if offers is None else tuple(offers)
         self.handler = handler
         log.info("%s ready", type(handler).__name__)
 
@@ -135,8 +140,8 @@ def create_app(
         handler = state.handler
         if handler is None:
             raise NotReady("the model is not loaded")
-        content_type = choose_content_type(request, handler.content_types())
-        accept = choose_accept(request, handler.accept_types(), settings.default_accept)
+        content_type = choose_content_type(request, state.content_types)
+        accept = choose_accept(request, state.accept_types, settings.default_accept)
         g.context = context = InvocationContext(
             content_type=content_type,
             accept=accept,

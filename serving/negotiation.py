@@ -9,7 +9,7 @@ answer is cached: parsing and matching an Accept header costs more than a small 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from functools import lru_cache
 
 from flask import Request
@@ -25,17 +25,17 @@ def choose_content_type(request: Request, supported: Collection[str] | None) -> 
     if media_type and (supported is None or media_type in supported):
         return media_type
     sent = f"Content-Type {media_type}" if media_type else "no Content-Type"
-    offer = f"send one of {', '.join(supported)}" if supported else "send a Content-Type"
+    offer = f"send one of {', '.join(sorted(supported))}" if supported else "send a Content-Type"
     raise UnsupportedMediaType(f"{sent} is not supported; {offer}")
 
 
-def choose_accept(request: Request, offers: Sequence[str] | None, default: str) -> str:
+def choose_accept(request: Request, offers: tuple[str, ...] | None, default: str) -> str:
     """The response type the request's Accept prefers among ``offers`` (ties go to
     ``default``), or 406. With ``offers`` ``None`` the handler writes any type: the client's
     most preferred type is chosen.
     """
     header = request.headers.get("Accept", "")
-    chosen = negotiate(header, None if offers is None else tuple(offers), default)
+    chosen = negotiate(header, offers, default)
     if chosen is None:
         available = "any type with a quality above 0" if offers is None else ", ".join(offers)
         raise NotAcceptable(
