@@ -82,6 +82,12 @@ class Encoded(NamedTuple):
 class Handler(abc.ABC):
     """Base class of handlers; see the module docstring for the life cycle."""
 
+    #: Whether serving may answer a multi-record body (CSV or JSON Lines records, a CSV, JSON
+    #: Lines or RecordIO response) in chunks of whole lines: one :meth:`invoke` per chunk, the
+    #: answers joined. True only when each output row depends on its own input row alone;
+    #: then memory follows the chunk, not the body (see :mod:`handlers.records`).
+    splits_records: bool = False
+
     def __init__(self, config: HandlerConfig) -> None:
         self.config = config
         self.codecs = config.codecs

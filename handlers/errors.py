@@ -31,6 +31,24 @@ class InvalidInput(ServingError):
     status = HTTPStatus.BAD_REQUEST
 
 
+class RecordError(InvalidInput):
+    """One record of a multi-record body is bad; ``line`` counts the body's lines from 1.
+
+    Serving reads large bodies in pieces and moves ``line`` to the line's place in the
+    whole body (:meth:`moved`), so the client learns which of its records to fix.
+    """
+
+    def __init__(self, media_type: str, line: int, reason: str) -> None:
+        super().__init__(f"{media_type} line {line}: {reason}")
+        self.media_type = media_type
+        self.line = line
+        self.reason = reason
+
+    def moved(self, lines_before: int) -> RecordError:
+        """The same error for a piece that starts after ``lines_before`` lines of the body."""
+        return RecordError(self.media_type, self.line + lines_before, self.reason)
+
+
 class PayloadTooLarge(ServingError):
     status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
 

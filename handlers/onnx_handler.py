@@ -163,6 +163,7 @@ class OnnxHandler(Handler):
         self.batchable = _one_batch_dim([spec.shape for spec in self.inputs]) and all(
             _free_first_dim(shape) for shape in output_shapes
         )
+        self.splits_records = self.batchable
         log.info(
             "loaded %s: inputs %s, outputs %s, providers %s%s%s",
             path,

@@ -59,11 +59,17 @@ def media_type(text: str) -> str:
     return value
 
 
-def batch_strategy(text: str) -> str:
-    value = text.strip().upper()
-    if value not in ("MULTI_RECORD", "SINGLE_RECORD"):
-        raise ValueError("must be MULTI_RECORD or SINGLE_RECORD")
-    return value
+def one_of(*choices: str) -> Callable[[str], str]:
+    """A parser for one of ``choices`` (upper or lower case, as the choices are written)."""
+
+    def parse(text: str) -> str:
+        value = text.strip()
+        for choice in choices:
+            if value.lower() == choice.lower():
+                return choice
+        raise ValueError(f"must be {' or '.join(choices)}")
+
+    return parse
 
 
 def log_level(text: str) -> int:

@@ -268,7 +268,7 @@ class Settings:
         "MULTI_RECORD",
         "SAGEMAKER_BATCH_STRATEGY",
         "--batch-strategy",
-        parse.batch_strategy,
+        parse.one_of("MULTI_RECORD", "SINGLE_RECORD"),
         "BatchStrategy that GET /execution-parameters suggests: MULTI_RECORD or SINGLE_RECORD.",
     )
     max_concurrent_transforms: int = _setting(
@@ -279,6 +279,25 @@ class Settings:
         "MaxConcurrentTransforms that GET /execution-parameters suggests; 0 means workers x "
         "inference concurrency.",
         default_text="0 (workers x concurrency)",
+    )
+    record_chunk_mb: float = _setting(
+        1.0,
+        "SERVING_RECORD_CHUNK_MB",
+        "--record-chunk-mb",
+        parse.positive_number,
+        "MiB of whole lines a multi-record CSV or JSON Lines body is read, decoded and run "
+        "in at a time (batch transform's MultiRecord), so memory follows the chunk, not "
+        "the body.",
+        default_text="1",
+    )
+    bad_records: str = _setting(
+        "reject",
+        "SERVING_BAD_RECORDS",
+        "--bad-records",
+        parse.one_of("reject", "placeholder"),
+        "A bad record among many CSV or JSON Lines records: reject fails the request with a "
+        "400 naming its line; placeholder answers it with an empty CSV line or a JSON Lines "
+        '{"error": ...} line, so the other lines keep their places.',
     )
     log_level: int = _setting(
         logging.INFO,

@@ -72,3 +72,14 @@ def failing(path: Path) -> Path:
         [numpy_helper.from_array(np.array([2, 2], dtype=np.int64), "shape")],
     )
     return save_model(graph, path)
+
+
+def softmax(path: Path) -> Path:
+    """probabilities float32 [N, 3] = softmax(x float32 [N, 3]): takes what linear writes."""
+    graph = helper.make_graph(
+        [helper.make_node("Softmax", ["x"], ["probabilities"], axis=-1)],
+        "softmax",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 3])],
+    )
+    return save_model(graph, path)

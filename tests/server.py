@@ -70,10 +70,15 @@ class ServerProcess:
 def launch(
     arguments: Sequence[str], log_path: Path, environ: Mapping[str, str] | None = None
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """Start ``serving serve`` on a free port with one worker; returns the process and port."""
-    port = free_port()
+    """Start ``serving serve`` with one worker on a free port (or on the one
+    ``SAGEMAKER_BIND_TO_PORT`` in ``environ`` names); returns the process and port."""
     command = [sys.executable, "-m", "serving", "serve", "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--workers", "1", "--inference-threads", "1", *arguments]
+    if environ and "SAGEMAKER_BIND_TO_PORT" in environ:
+        port = int(environ["SAGEMAKER_BIND_TO_PORT"])
+    else:
+        port = free_port()
+        command += ["--port", str(port)]
+    command += ["--workers", "1", "--inference-threads", "1", *arguments]
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=clean_environ(environ)

@@ -146,7 +146,7 @@ def test_a_utf8_byte_order_mark_is_ignored(codec: CsvCodec | JsonCodec, body: by
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
-        (b"[1, 2]\n\n[3, 4]\n", [[1, 2], [3, 4]]),
+        (b"[1, 2]\n[3, 4]\n", [[1, 2], [3, 4]]),
         (b'{"instances": [[1, 2], [3, 4]]}\n[5, 6]', [[1, 2], [3, 4], [5, 6]]),
         (b'{"features": [1, 2]}\r\n{"data": {"features": {"values": [3, 4]}}}', [[1, 2], [3, 4]]),
         (b'{"inputs": [1, 2]}\n{"inputs": [3, 4]}', [[1, 2], [3, 4]]),
@@ -162,12 +162,35 @@ def test_jsonlines_records(body: bytes, expected: list[list[int]]) -> None:
         (b"[1, 2]\n{nope", "line 2: is not valid JSON"),
         (b'[1, 2]\n{"inputs": {"a": [1, 2]}}', "mixes arrays and objects"),
         (b'{"inputs": {"a": 1}}\n{"inputs": {"b": 1}}', "record 1 has inputs ['b']"),
-        (b"\n\n", "no records"),
+        (b"", "no records"),
+        (b"\n\n", "line 1: is empty"),
+        (b"[1, 2]\n\n[3, 4]\n", "application/jsonlines line 2: is empty"),
+        (b"[1, 2]\r\n \r\n", "application/jsonlines line 2: is empty"),
     ],
 )
 def test_jsonlines_errors(body: bytes, message: str) -> None:
     with pytest.raises(InvalidInput, match=message.replace("[", r"\[").replace("]", r"\]")):
         JsonLinesCodec().decode(body)
+
+
+@pytest.mark.parametrize(
+    ("codec", "outputs"),
+    [
+        (JsonCodec(), {"y": np.array([[1.5, 2.0]], np.float32)}),
+        (JsonCodec(), {"a": np.array([[1.0]]), "b": np.array([[2, 3]])}),
+        (JsonLinesCodec(), {"y": np.array([[1.5, 2.0], [3.0, 4.0]], np.float32)}),
+    ],
+)
+def test_a_response_reads_back_as_a_request(
+    codec: JsonCodec | JsonLinesCodec, outputs: dict[str, np.ndarray]
+) -> None:
+    """What one container answers, the next in an inference pipeline is sent."""
+    decoded = codec.decode(codec.encode(outputs))
+    if len(outputs) == 1:
+        decoded = {"y": decoded} if isinstance(decoded, np.ndarray) else decoded
+    assert isinstance(decoded, dict)
+    for name, array in outputs.items():
+        np.testing.assert_array_equal(decoded[name], array)
 
 
 def test_json_inputs_list_is_the_one_unnamed_input() -> None:

@@ -59,6 +59,9 @@ def test_base_dir_variable_names_the_model_folder() -> None:
         ({"SERVING_CODEC_PLUGINS": "all"}, ("codec_plugins", None)),
         ({"SERVING_CODEC_PLUGINS": "none"}, ("codec_plugins", ())),
         ({"SERVING_CODEC_PLUGINS": "png, jpeg"}, ("codec_plugins", ("png", "jpeg"))),
+        ({"SERVING_BAD_RECORDS": " Placeholder"}, ("bad_records", "placeholder")),
+        ({"SAGEMAKER_BATCH_STRATEGY": "single_record"}, ("batch_strategy", "SINGLE_RECORD")),
+        ({"SERVING_RECORD_CHUNK_MB": "0.25"}, ("record_chunk_mb", 0.25)),
     ],
 )
 def test_values_parse(environ: dict[str, str], expected: tuple[str, object]) -> None:
@@ -80,6 +83,8 @@ def test_values_parse(environ: dict[str, str], expected: tuple[str, object]) -> 
         ({"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "json"}, "not a media type"),
         ({"SERVING_LOG_PINGS": "maybe"}, "SERVING_LOG_PINGS='maybe': not a boolean"),
         ({"SERVING_PROVIDERS": " , "}, "SERVING_PROVIDERS"),
+        ({"SERVING_BAD_RECORDS": "skip"}, "'skip': must be reject or placeholder"),
+        ({"SERVING_RECORD_CHUNK_MB": "0"}, "SERVING_RECORD_CHUNK_MB='0'"),
     ],
 )
 def test_invalid_environment_is_refused_naming_the_variable(

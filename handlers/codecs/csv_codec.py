@@ -2,9 +2,9 @@
 
 Requests decode to one ``float64`` array of shape ``[records, columns]`` (the handler casts
 it to the model's dtype, refusing fractions for integer inputs). Lines may end with ``\\n``
-or ``\\r\\n``; empty lines are skipped. Responses hold one line per record: each output
-flattened per record, the outputs side by side in model order; floats in their shortest
-round-trip form, booleans as ``1``/``0``.
+or ``\\r\\n``; an empty line is a bad record, since every input line gets one output line.
+Responses hold one line per record: each output flattened per record, the outputs side by
+side in model order; floats in their shortest round-trip form, booleans as ``1``/``0``.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import io
 
 import numpy as np
 
-from ..errors import InvalidInput
+from ..errors import InvalidInput, RecordError
 from ..tensors import Array, Inputs, Outputs
 from .json_codecs import record_count, strip_bom
+from .lines import EMPTY_LINE, count_lines, split_lines
 
 
 class CsvCodec:
@@ -23,14 +24,23 @@ class CsvCodec:
 
     def decode(self, body: bytes) -> Inputs:
         body = strip_bom(body)
-        if not body.strip():
+        if not body:
             raise InvalidInput("text/csv body has no records")
+        if not body.strip():  # numpy would only warn, with no data
+            raise _diagnose(body)
         try:
-            return np.loadtxt(
+            table = np.loadtxt(
                 io.BytesIO(body), delimiter=",", dtype=np.float64, ndmin=2, comments=None
             )
         except ValueError as exc:
-            raise InvalidInput(_diagnose(body)) from exc
+            raise _diagnose(body) from exc
+        if table.shape[0] != count_lines(body):  # numpy skips empty lines; we may not
+            raise _diagnose(body)
+        return table
+
+    def placeholder(self, message: str) -> bytes:
+        """The line written for a bad record when placeholders are asked for: an empty one."""
+        return b"\n"
 
     def encode(self, outputs: Outputs) -> bytes:
         count = record_count(outputs, self.media_type)
@@ -49,21 +59,26 @@ def _as_text(array: Array) -> Array:
     return array.astype(str)
 
 
-def _diagnose(body: bytes) -> str:
+def _diagnose(body: bytes) -> InvalidInput:
     """Find the first bad line for the client; only runs once numpy has refused the body."""
     width = None
-    for number, line in enumerate(body.decode("utf-8", "replace").splitlines(), start=1):
+    for number, line in enumerate(split_lines(body), start=1):
         if not line.strip():
-            continue
-        fields = line.split(",")
+            return RecordError(CsvCodec.media_type, number, EMPTY_LINE)
+        fields = line.split(b",")
         for column, field in enumerate(fields, start=1):
             try:
                 float(field)
             except ValueError:
-                value = field.strip()[:40]
-                return f"text/csv line {number}, column {column}: {value!r} is not a number"
+                value = field.strip()[:40].decode("utf-8", "replace")
+                reason = f"column {column}: {value!r} is not a number"
+                return RecordError(CsvCodec.media_type, number, reason)
         if width is None:
             width = len(fields)
         elif len(fields) != width:
-            return f"text/csv line {number} has {len(fields)} values, earlier lines have {width}"
-    return "text/csv body could not be read as numbers"
+            # Not a RecordError: which of the two lines is wrong is the model's to say.
+            return InvalidInput(
+                f"text/csv lines differ in length: line 1 has {width} values, "
+                f"line {number} has {len(fields)}"
+            )
+    return InvalidInput("text/csv body could not be read as numbers")

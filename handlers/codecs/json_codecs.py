@@ -6,7 +6,9 @@ Request forms (a JSON body; in JSON Lines each line is one record in the same fo
 * ``{"instances": [...]}``, each instance an array, ``{"features": [...]}``,
   ``{"data": {"features": {"values": [...]}}}`` (SageMaker's built-in forms) or an object of
   named inputs for one row; instances are stacked along a new first (batch) axis;
-* ``{"inputs": {"name": array, ...}}`` for named inputs, or ``{"inputs": array}``.
+* ``{"inputs": {"name": array, ...}}`` for named inputs, or ``{"inputs": array}``;
+* a response of ours, ``{"predictions": array}`` or ``{"outputs": {"name": array, ...}}``, so
+  that two containers chain in an inference pipeline with JSON between them.
 
 Responses: ``{"predictions": ...}`` for a model with one output, ``{"outputs": {"name": ...}}``
 for several; JSON Lines writes one such object per record (row of the first axis).
@@ -23,8 +25,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ..errors import InvalidInput, NotAcceptable
+from ..errors import InvalidInput, NotAcceptable, RecordError
 from ..tensors import Array, Inputs, Outputs, as_numeric_array
+from .lines import EMPTY_LINE, split_lines
 
 _DUMP_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
@@ -96,6 +99,11 @@ def _named_inputs(inputs: dict[str, Any]) -> dict[str, Array]:
     return {name: as_numeric_array(value, f"input {name!r}") for name, value in inputs.items()}
 
 
+#: Keys of a request's inputs: "inputs", or the keys of our responses, so that a container's
+#: JSON answer is the next container's request in an inference pipeline.
+_INPUT_KEYS = frozenset({"inputs", "predictions", "outputs"})
+
+
 def decode_document(document: Any) -> Inputs:
     """Decode one parsed JSON request body (see the module docstring for the forms)."""
     if isinstance(document, list):
@@ -109,8 +117,9 @@ def decode_document(document: Any) -> Inputs:
                 [_instance_record(item, f"instance {i}: ") for i, item in enumerate(instances)],
                 "instances",
             )
-        if "inputs" in document:
-            inputs = document["inputs"]
+        key = document.keys() & _INPUT_KEYS
+        if len(key) == 1:  # {"inputs": ...}, or our own response, read back in a pipeline
+            inputs = document[key.pop()]
             if isinstance(inputs, dict):
                 return _named_inputs(inputs)
             return as_numeric_array(inputs, '"inputs"')
@@ -144,27 +153,29 @@ class JsonCodec:
 
 
 class JsonLinesCodec:
-    """One record a line; empty lines are skipped, ``\\n`` and ``\\r\\n`` both end a line."""
+    """One record a line, ``\\n`` or ``\\r\\n`` ending it; an empty line is a bad record
+    (every input line gets one output line). A line of ``{"instances": [...]}`` holds as many
+    records as instances."""
 
     media_type = "application/jsonlines"
 
     def decode(self, body: bytes) -> Inputs:
+        body = strip_bom(body)
+        if not body:
+            raise InvalidInput("application/jsonlines body has no records")
         records: list[Record] = []
-        for number, line in enumerate(strip_bom(body).splitlines(), start=1):
+        for number, line in enumerate(split_lines(body), start=1):
             if not line.strip():
-                continue
-            where = f"line {number}: "
-            document = _loads(line, where)
-            if isinstance(document, dict) and "instances" in document:
-                instances = document["instances"]
-                if not isinstance(instances, list):
-                    raise InvalidInput(f'{where}"instances" must be an array')
-                records.extend(_instance_record(item, where) for item in instances)
-            elif isinstance(document, dict) and "inputs" in document:
-                records.append(document["inputs"])  # one record: named values, or an array
-            else:
-                records.append(_instance_record(document, where))
+                raise RecordError(self.media_type, number, EMPTY_LINE)
+            try:
+                records.extend(_line_records(_loads(line, "")))
+            except InvalidInput as exc:
+                raise RecordError(self.media_type, number, exc.message) from exc
         return _assemble(records, "JSON Lines")
+
+    def placeholder(self, message: str) -> bytes:
+        """The line written for a bad record when placeholders are asked for."""
+        return _dumps({"error": message}) + b"\n"
 
     def encode(self, outputs: Outputs) -> bytes:
         count = record_count(outputs, self.media_type)
@@ -173,6 +184,17 @@ class JsonLinesCodec:
             for row in range(count)
         ]
         return b"\n".join(lines) + b"\n" if lines else b""
+
+
+def _line_records(document: Any) -> list[Record]:
+    if isinstance(document, dict) and "instances" in document:
+        instances = document["instances"]
+        if not isinstance(instances, list):
+            raise InvalidInput('"instances" must be an array')
+        return [_instance_record(item, "") for item in instances]
+    if isinstance(document, dict) and len(keys := document.keys() & _INPUT_KEYS) == 1:
+        return [document[keys.pop()]]  # one record: named values, or an array
+    return [_instance_record(document, "")]
 
 
 def record_count(outputs: Outputs, media_type: str) -> int:

@@ -1,0 +1,118 @@
+"""Multi-record bodies answered chunk by chunk: batch transform's MultiRecord requests.
+
+A batch transform job with SplitType ``Line`` sends many CSV or JSON Lines records in one
+body (up to 100 MB) and joins the response back to the input by position, so the response
+must hold exactly one output line per input line, in order. :class:`RecordChunks` answers such
+a body in chunks of whole lines, so the decoded arrays and the model's inputs and outputs
+stay the size of one chunk, not of the body; only the encoded response is kept whole (it is
+sent with a Content-Length, and a bad record after the first chunk must still turn the whole
+answer into a 400).
+
+A bad record either fails the request with a 400 naming its line in the whole body, or, when
+placeholders are asked for, gets a placeholder line from the response's encoder (CSV: an empty
+line; JSON Lines: ``{"error": "..."}``) so that the other records' lines keep their places.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+
+from .base import Handler, InvocationContext
+from .codecs.lines import count_lines, split_lines
+from .errors import InvalidInput, RecordError
+
+log = logging.getLogger(__name__)
+
+#: Request types whose records are lines.
+LINE_MEDIA_TYPES = frozenset({"text/csv", "application/jsonlines"})
+#: Response types whose answers for consecutive chunks, joined, are the answer for the whole.
+JOINABLE_MEDIA_TYPES = frozenset(
+    {"text/csv", "application/jsonlines", "application/x-recordio-protobuf"}
+)
+
+
+def answers_in_chunks(handler: Handler, context: InvocationContext) -> bool:
+    """Whether this request's body may be answered chunk by chunk (see the module docstring)."""
+    return (
+        handler.splits_records
+        and context.content_type in LINE_MEDIA_TYPES
+        and context.accept in JOINABLE_MEDIA_TYPES
+    )
+
+
+def line_chunks(read: Callable[[int], bytes], chunk_bytes: int) -> Iterator[bytes]:
+    """Chunks of whole lines, about ``chunk_bytes`` each (a longer line is one chunk), from
+    ``read(n)``, which returns up to ``n`` bytes and ``b""`` at the end of the body."""
+    rest = b""
+    while block := read(chunk_bytes):
+        block = rest + block
+        end = block.rfind(b"\n") + 1
+        if end:
+            yield block[:end]
+        rest = block[end:]
+    if rest:
+        yield rest
+
+
+class RecordChunks:
+    """Answers one multi-record body, chunk by chunk, with ``handler.invoke``."""
+
+    def __init__(
+        self, handler: Handler, context: InvocationContext, *, placeholders: bool = False
+    ) -> None:
+        self.handler = handler
+        self.context = context
+        encoder = handler.codecs.encoder(context.accept)
+        self._placeholder: Callable[[str], bytes] | None = (
+            getattr(encoder, "placeholder", None) if placeholders else None
+        )
+        self._media_type = context.accept
+
+    def answer(self, chunks: Iterator[bytes]) -> tuple[list[bytes], str]:
+        """The response body, as parts to send one after the other, and its media type."""
+        parts: list[bytes] = []
+        lines_before = 0
+        for chunk in chunks:
+            parts += self._answer(chunk, lines_before)
+            lines_before += count_lines(chunk)
+        if not parts:
+            raise InvalidInput(f"{self.context.content_type} body has no records")
+        return parts, self._media_type
+
+    def _answer(self, chunk: bytes, lines_before: int) -> list[bytes]:
+        """The answers for ``chunk``; a bad record is found, then refused or replaced."""
+        try:
+            encoded = self.handler.invoke(chunk, self.context)
+        except InvalidInput as exc:
+            if isinstance(exc, RecordError) and self._placeholder is None:
+                raise exc.moved(lines_before) from exc
+            lines = split_lines(chunk)
+            if len(lines) == 1:
+                return [self._bad_record(exc, lines_before + 1)]
+            # Which record is bad: the decoder says, or halving finds it (a model's refusal
+            # of one row fails the whole chunk).
+            if isinstance(exc, RecordError):
+                bad = exc.line - 1
+                return [
+                    *self._answer_lines(lines[:bad], lines_before),
+                    self._bad_record(exc, lines_before + exc.line),
+                    *self._answer_lines(lines[bad + 1 :], lines_before + exc.line),
+                ]
+            half = len(lines) // 2
+            return [
+                *self._answer_lines(lines[:half], lines_before),
+                *self._answer_lines(lines[half:], lines_before + half),
+            ]
+        self._media_type = encoded.media_type
+        return [encoded.body]
+
+    def _answer_lines(self, lines: list[bytes], lines_before: int) -> list[bytes]:
+        return self._answer(b"\n".join(lines) + b"\n", lines_before) if lines else []
+
+    def _bad_record(self, exc: InvalidInput, line: int) -> bytes:
+        reason = exc.reason if isinstance(exc, RecordError) else exc.message
+        if self._placeholder is None:
+            raise RecordError(self.context.content_type, line, reason) from exc
+        log.info("placeholder for %s line %d: %s", self.context.content_type, line, reason)
+        return self._placeholder(reason)
