@@ -281,14 +281,14 @@ class Settings:
         default_text="0 (workers x concurrency)",
     )
     record_chunk_mb: float = _setting(
-        1.0,
+        0.25,
         "SERVING_RECORD_CHUNK_MB",
         "--record-chunk-mb",
         parse.positive_number,
         "MiB of whole lines a multi-record CSV or JSON Lines body is read, decoded and run "
         "in at a time (batch transform's MultiRecord), so memory follows the chunk, not "
         "the body.",
-        default_text="1",
+        default_text="0.25",
     )
     bad_records: str = _setting(
         "reject",

@@ -39,6 +39,7 @@ def test_default_registry_has_every_builtin_both_ways() -> None:
         "text/csv",
         "application/x-npy",
         "application/x-npz",
+        "application/x-recordio-protobuf",
     ]
     assert registry.decodable == expected
     assert registry.encodable == expected
@@ -221,3 +222,26 @@ def test_json_writes_non_finite_as_null() -> None:
 def test_json_writes_arrays_orjson_cannot_take_directly() -> None:
     outputs = {"t": np.arange(6, dtype=np.int16).reshape(2, 3).T, "h": np.ones(2, np.float16)}
     assert JsonCodec().encode(outputs) == b'{"outputs":{"t":[[0,3],[1,4],[2,5]],"h":[1.0,1.0]}}'
+
+
+def test_csv_numbers_read_back_exactly() -> None:
+    generator = np.random.default_rng(5)
+    scale = 10.0 ** generator.integers(-30, 30, size=(500, 1))
+    outputs = {
+        "f32": (generator.normal(size=(500, 3)) * scale).astype(np.float32),
+        "f64": generator.normal(size=(500, 2)) * scale,
+        "i64": generator.integers(-(2**53), 2**53, size=500),
+        "u8": generator.integers(0, 255, size=(500, 1), dtype=np.uint8),
+        "f16": generator.normal(size=500).astype(np.float16),
+        "b": generator.random(500) > 0.5,
+    }
+    outputs["f64"][7, 1] = np.nan  # numpy writes this output; orjson the others
+    table = CsvCodec().decode(CsvCodec().encode(outputs))
+    assert isinstance(table, np.ndarray)
+    assert table.shape == (500, 9)
+    np.testing.assert_array_equal(table[:, :3].astype(np.float32), outputs["f32"])
+    np.testing.assert_array_equal(table[:, 3:5], outputs["f64"])  # NaN equals NaN here
+    np.testing.assert_array_equal(table[:, 5], outputs["i64"])
+    np.testing.assert_array_equal(table[:, 6], outputs["u8"][:, 0])
+    np.testing.assert_array_equal(table[:, 7].astype(np.float16), outputs["f16"])
+    np.testing.assert_array_equal(table[:, 8], outputs["b"])

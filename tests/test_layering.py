@@ -32,7 +32,9 @@ def test_handlers_never_import_flask_or_onnxruntime(statement: str) -> None:
 
 @pytest.mark.parametrize("statement", ["import serving.cli", "import serving.server"])
 def test_the_server_side_never_imports_onnxruntime(statement: str) -> None:
-    assert "onnxruntime" not in modules_after_import(statement)
+    loaded = modules_after_import(statement)
+    assert "onnxruntime" not in loaded
+    assert "google.protobuf" not in loaded  # until a RecordIO request comes
 
 
 def test_the_master_stays_small() -> None:
@@ -66,4 +68,6 @@ def test_creating_the_app_imports_no_model_runtime() -> None:
         "from serving import Settings; from serving.app import create_app; "
         f"create_app(Settings.from_sources({{}}, {{'model_dir': {IRIS!r}}}, cpus=1))"
     )
-    assert "onnxruntime" not in modules_after_import(statement)
+    loaded = modules_after_import(statement)
+    assert "onnxruntime" not in loaded
+    assert "google.protobuf" not in loaded  # until a RecordIO request comes

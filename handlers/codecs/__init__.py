@@ -15,16 +15,25 @@ from .csv_codec import CsvCodec
 from .json_codecs import JsonCodec, JsonLinesCodec
 from .numpy_codecs import MAX_NPZ_EXPANDED_BYTES, NpyCodec, NpzCodec
 from .plugins import CODEC_GROUP, CodecPluginError, register_codec_plugins
+from .recordio import RecordIOCodec
 from .registry import CodecRegistry, Decoder, DuplicateMediaType, Encoder
 
 
 def default_codecs(max_expanded_bytes: int = MAX_NPZ_EXPANDED_BYTES) -> CodecRegistry:
     """A new registry holding the built-in codecs, JSON first.
 
-    ``max_expanded_bytes`` bounds what one compressed ``.npz`` body may unpack to.
+    ``max_expanded_bytes`` bounds what one body may expand to: a compressed ``.npz``
+    unpacked, or RecordIO's sparse tensors made dense.
     """
     return CodecRegistry(
-        [JsonCodec(), JsonLinesCodec(), CsvCodec(), NpyCodec(), NpzCodec(max_expanded_bytes)]
+        [
+            JsonCodec(),
+            JsonLinesCodec(),
+            CsvCodec(),
+            NpyCodec(),
+            NpzCodec(max_expanded_bytes),
+            RecordIOCodec(max_expanded_bytes),
+        ]
     )
 
 
@@ -48,6 +57,7 @@ __all__ = [
     "JsonLinesCodec",
     "NpyCodec",
     "NpzCodec",
+    "RecordIOCodec",
     "default_codecs",
     "installed_codecs",
     "register_codec_plugins",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import orjson
 
 from ..errors import InvalidInput, RecordError
 from ..tensors import Array, Inputs, Outputs
@@ -46,17 +47,28 @@ class CsvCodec:
         count = record_count(outputs, self.media_type)
         if count == 0:
             return b""
-        columns = [_as_text(array.reshape(count, -1)) for array in outputs.values()]
-        table = np.concatenate(columns, axis=1) if len(columns) > 1 else columns[0]
-        return "".join(",".join(row) + "\n" for row in table.tolist()).encode()
+        columns = [_row_texts(array.reshape(count, -1)) for array in outputs.values()]
+        lines = columns[0] if len(columns) == 1 else map(b",".join, zip(*columns, strict=True))
+        return b"\n".join(lines) + b"\n"
 
 
-def _as_text(array: Array) -> Array:
-    if array.dtype == np.bool_:
-        array = array.astype(np.uint8)
-    # numpy's float-to-string cast gives the shortest text that reads back to the same
-    # value for the array's own precision ("0.1" for float32, not "0.10000000149011612").
-    return array.astype(str)
+#: What orjson writes itself, each number in its shortest round-trip form for its own
+#: precision ("0.1" for float32, not "0.10000000149011612").
+_ORJSON_DTYPES = frozenset(
+    np.dtype(kind + str(bits)) for kind in ("int", "uint") for bits in (8, 16, 32, 64)
+) | {np.dtype(np.float32), np.dtype(np.float64)}
+
+
+def _row_texts(table: Array) -> list[bytes]:
+    """Each row of a 2-D array as comma-separated numbers."""
+    if table.dtype == np.bool_:
+        table = table.view(np.uint8)
+    if table.dtype in _ORJSON_DTYPES and (table.dtype.kind != "f" or np.isfinite(table).all()):
+        # A quarter of the time numpy's string cast takes; orjson writes NaN and Inf as null.
+        text = orjson.dumps(np.ascontiguousarray(table), option=orjson.OPT_SERIALIZE_NUMPY)
+        return text[2:-2].split(b"],[")
+    # numpy's cast also gives the shortest round-trip text, and "nan", "inf", float16
+    return [",".join(row).encode() for row in table.astype(str).tolist()]
 
 
 def _diagnose(body: bytes) -> InvalidInput:
