@@ -64,6 +64,9 @@ class TensorSpec:
     def conform(self, array: Array) -> Array:
         """``array`` cast to this input's dtype, or :class:`InvalidInput` saying why not."""
         what = f"input {self.name!r}"
+        if array.ndim == len(self.shape) + 1 and array.shape[-1] == 1:
+            # One value a record, as CSV and RecordIO write it, for an input of one per row.
+            array = array.reshape(array.shape[:-1])
         if len(array.shape) != len(self.shape):
             raise InvalidInput(
                 f"{what} expects rank {len(self.shape)} {self.shape_text()}, "

@@ -31,7 +31,13 @@ def container(model: Path, log: Path, **environ: str) -> Iterator[ServerProcess]
 
 @pytest.fixture(
     scope="module",
-    params=["text/csv", "application/json", "application/jsonlines", "application/x-npy"],
+    params=[
+        "text/csv",
+        "application/json",
+        "application/jsonlines",
+        "application/x-npy",
+        "application/x-recordio-protobuf",
+    ],
 )
 def first(
     request: pytest.FixtureRequest, linear_model: Path, model_root: Path

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.recordio_wire import FLOAT32, FLOAT64, INT32, body, record, tensor
 from tests.server import ServerProcess
 from tests.wire import (
     Array,
@@ -63,7 +64,29 @@ LINEAR_REQUESTS: dict[str, tuple[str, Callable[[Array], bytes]]] = {
     "npy float64": ("application/x-npy", lambda x: npy_bytes(x.astype(np.float64))),
     "npy fortran order": ("application/x-npy", lambda x: npy_bytes(np.asfortranarray(x))),
     "npz": ("application/x-npz", lambda x: npz_bytes({"x": x})),
+    "recordio": (
+        "application/x-recordio-protobuf",
+        lambda x: body(*(record({"values": tensor(FLOAT32, row)}) for row in x.tolist())),
+    ),
+    "recordio float64 with shape": (
+        "application/x-recordio-protobuf",
+        lambda x: body(
+            *(record({"values": tensor(FLOAT64, row, shape=[4])}) for row in x.tolist())
+        ),
+    ),
+    "recordio sparse": (
+        "application/x-recordio-protobuf",
+        lambda x: body(
+            *(
+                record({"values": tensor(FLOAT32, row, keys=[0, 1, 2, 3], shape=[4])})
+                for row in x.tolist()
+            )
+        ),
+    ),
 }
+
+#: Formats that write booleans as numbers (CSV writes every number alike).
+WITHOUT_BOOLEANS = ("text/csv", "application/x-recordio-protobuf")
 
 RESPONSE_TYPES = [
     "application/json",
@@ -71,6 +94,7 @@ RESPONSE_TYPES = [
     "text/csv",
     "application/x-npy",
     "application/x-npz",
+    "application/x-recordio-protobuf",
 ]
 
 
@@ -87,7 +111,7 @@ def test_single_input_model(
     assert response.status_code == 200, response.text
     assert response.headers["Content-Type"] == accept
     got = decode_response(accept, response.content, expected)
-    assert_same_outputs(got, expected, same_kind=accept != "text/csv")
+    assert_same_outputs(got, expected, same_kind=accept not in WITHOUT_BOOLEANS)
 
 
 A = RNG.normal(size=(3, 3)).astype(np.float32)
@@ -114,6 +138,21 @@ MIXED_REQUESTS: dict[str, tuple[str, Callable[[], bytes]]] = {
         lambda: "".join(json.dumps({"inputs": row}) + "\n" for row in _named_rows()).encode(),
     ),
     "npz": ("application/x-npz", lambda: npz_bytes(MIXED_FEEDS)),
+    "recordio named features": (
+        "application/x-recordio-protobuf",
+        lambda: body(
+            *(
+                record(
+                    {
+                        "a": tensor(FLOAT32, A[i].tolist()),
+                        "b": tensor(INT32, B[i].tolist()),
+                        "c": tensor(INT32, [int(C[i])], shape=[]),
+                    }
+                )
+                for i in range(len(C))
+            )
+        ),
+    ),
     "npz other dtypes": (
         "application/x-npz",
         lambda: npz_bytes({"a": A.astype(np.float64), "b": B.astype(np.int32), "c": C}),
@@ -134,7 +173,7 @@ def test_several_inputs_and_outputs(
     assert response.status_code == 200, response.text
     assert response.headers["Content-Type"] == accept
     got = decode_response(accept, response.content, expected)
-    assert_same_outputs(got, expected, same_kind=accept != "text/csv")
+    assert_same_outputs(got, expected, same_kind=accept not in WITHOUT_BOOLEANS)
 
 
 def test_npy_is_not_offered_for_several_outputs(mixed_server: ServerProcess) -> None:

@@ -12,6 +12,8 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from tests.recordio_wire import read_response
+
 Array = npt.NDArray[Any]
 
 
@@ -58,6 +60,12 @@ def decode_response(
     if media_type == "application/x-npz":
         with np.load(io.BytesIO(body), allow_pickle=False) as archive:
             return {name: archive[name] for name in archive.files}
+    if media_type == "application/x-recordio-protobuf":
+        records = read_response(body)
+        return {
+            name: np.array([record[name][1] for record in records]).reshape(array.shape)
+            for name, array in expected.items()
+        }
     raise AssertionError(f"unexpected media type {media_type}")
 
 

@@ -53,7 +53,9 @@ class RecordIOCodec:
     ``RecordSerializer``/``RecordDeserializer`` use it.
 
     Requests: one record per row; each record's ``features`` map holds a tensor per input
-    (``label``, ``uid`` and the rest are ignored). Records with only a ``values`` feature
+    (``label``, ``uid`` and the rest are ignored; records with labels and no features, as
+    our responses are, are read from their labels, so containers chain in a pipeline, a
+    single label being the one unnamed input). Records with only a ``values`` feature
     decode to one unnamed array of shape ``[records, *shape]``; otherwise each feature name is
     an input name, and every record must hold the same names. A tensor is dense (``values``,
     reshaped to ``shape`` when set) or sparse (``keys`` with ``values`` and a required
@@ -86,7 +88,10 @@ class RecordIOCodec:
                 raise InvalidInput(
                     f"record {index} is not a valid aialgs.data.Record: {exc}"
                 ) from exc
-            gathered.add(index, record.features)
+            # No features but labels: a response of ours, read back in an inference pipeline.
+            labels = not record.features and bool(record.label)
+            gathered.add(index, record.label if labels else record.features)
+            gathered.unnamed_label = labels and len(record.label) == 1
         return gathered.inputs()
 
     def encode(self, outputs: Outputs) -> bytes:
@@ -172,6 +177,8 @@ class _Gathered:
         self.room = max_values  # what is left of max_values
         self.features: dict[str, _Feature] = {}
         self.count = 0
+        #: Records with one label and no features: that label is the one unnamed input.
+        self.unnamed_label = False
 
     def add(self, index: int, features: Any) -> None:
         if not features:
@@ -243,7 +250,9 @@ class _Gathered:
 
     def inputs(self) -> Inputs:
         arrays = {name: feature.stacked(self.count) for name, feature in self.features.items()}
-        return arrays["values"] if list(arrays) == ["values"] else arrays
+        if list(arrays) == ["values"] or (self.unnamed_label and len(arrays) == 1):
+            return next(iter(arrays.values()))
+        return arrays
 
 
 def _densify(
