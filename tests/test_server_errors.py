@@ -7,6 +7,7 @@ import json
 import pickle
 import re
 import socket
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 import requests
 
+from tests.recordio_wire import BYTES, FLOAT32, MAGIC, body, field, record, tensor
 from tests.server import ServerProcess
 from tests.wire import npy_bytes, npz_bytes
 
@@ -38,6 +40,8 @@ def assert_error(response: requests.Response, status: int, *fragments: str) -> N
 JSON = "application/json"
 CSV = "text/csv"
 NPY = "application/x-npy"
+RECORDIO = "application/x-recordio-protobuf"
+ROWS_AS_RECORDIO = body(*(record({"values": tensor(FLOAT32, [1, 2, 3, i])}) for i in range(3)))
 
 LINEAR_CASES = {
     "malformed json": (JSON, b'{"instances": [1, 2', "not valid JSON"),
@@ -57,6 +61,23 @@ LINEAR_CASES = {
     "truncated npy": (NPY, npy_bytes(np.ones((2, 4), np.float32))[:-5], "body has 27"),
     "not npy at all": (NPY, b"hello", "not a valid .npy"),
     "npz not a zip": ("application/x-npz", b"PK\x03\x04broken", "not a valid .npz"),
+    "recordio bad magic": (RECORDIO, b"\x00\x00\x00\x00\x04\x00\x00\x00abcd", "bad magic"),
+    "recordio truncated": (RECORDIO, ROWS_AS_RECORDIO[:-7], "runs past the end"),
+    "recordio length past the end": (
+        RECORDIO,
+        struct.pack("<II", MAGIC, 1 << 30) + b"\0" * 8,
+        "runs past the end",
+    ),
+    "recordio bytes feature": (
+        RECORDIO,
+        body(record({"values": field(BYTES, field(1, b"raw"))})),
+        "wrong tensor types",
+    ),
+    "recordio wrong width": (
+        RECORDIO,
+        body(record({"values": tensor(FLOAT32, [1, 2, 3])})),
+        "dimension 1 must be 4",
+    ),
 }
 
 
