@@ -139,7 +139,13 @@ class OnnxHandler(Handler):
     _invalid_argument: type[Exception]
 
     def load(self) -> None:
-        import onnxruntime as ort  # here, not at import: only workers pay for it
+        try:
+            import onnxruntime as ort  # here, not at import: only workers pay for it
+        except ImportError as exc:
+            raise ModelLoadError(
+                f"onnxruntime cannot be imported ({exc}); install "
+                "sagemaker-onnx-serving[cpu] or sagemaker-onnx-serving[gpu]"
+            ) from exc
 
         path = find_model_file(self.config.model_dir, self.config.model_file)
         providers = choose_providers(self.config.providers, ort.get_available_providers())
