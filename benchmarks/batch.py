@@ -28,6 +28,9 @@ import numpy as np
 HERE = Path(__file__).parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+from run import wait_healthy  # noqa: E402
 
 from serving.settings import Settings  # noqa: E402
 from tests.server import free_port  # noqa: E402
@@ -78,22 +81,6 @@ def worker_pid(master: int) -> int:
     return int(children[0])
 
 
-def wait_healthy(port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-            connection.request("GET", "/ping")
-            if connection.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.02)
-    raise RuntimeError("server not healthy")
-
-
 def through_server(label: str, body: bytes, rows: int, chunk_mb: float, log: Path) -> Result:
     """POST ``body`` to a fresh server; the fastest of three posts, the worker's peak RSS."""
     port = free_port()
@@ -120,6 +107,7 @@ def through_server(label: str, body: bytes, rows: int, chunk_mb: float, log: Pat
             connection.request("POST", "/invocations", body, {"Content-Type": CSV, "Accept": CSV})
             response = connection.getresponse()
             answer = response.read()
+            connection.close()
             times.append(time.perf_counter() - started)
             assert response.status == 200, answer[:300]
             assert answer.count(b"\n") == rows

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import models
 import run
 
 from tests.wire import run_onnxruntime
+
+ROOT = Path(__file__).parent.parent
 
 WRK_OUTPUT = """Running 4s test @ http://127.0.0.1:8199/invocations
   1 threads and 8 connections
@@ -44,3 +47,14 @@ def test_models_build_and_run(tmp_path: Path, name: str, classes: int) -> None:
     assert output.shape == (1, classes)
     assert np.isfinite(output).all()
     assert models.body(array, "application/json").startswith(b"[[")
+
+
+def test_the_batch_benchmark_runs_end_to_end(tmp_path: Path) -> None:
+    """A small run of benchmarks/batch.py: a real server, the table, every row answered."""
+    output = tmp_path / "batch.md"
+    command = [sys.executable, "benchmarks/batch.py", "--rows", "2000", "--big-mb", "0"]
+    command += ["--chunk-mb", "0.01", "--output", str(output)]
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True, timeout=120)
+    table = output.read_text()
+    assert "| this server, 0.01 MiB chunks | 2,000 |" in table
+    assert "| onnxruntime run on the array, in process | 2,000 |" in table
