@@ -5,7 +5,7 @@ keep-alive connection (which SageMaker's front end keeps open) only ends when it
 timeout does, so every stop took the whole graceful timeout. This worker closes idle
 connections as soon as the stop begins: connections waiting for the first byte of their next
 request. Requests in flight, or whose bytes have begun to arrive, finish, and their
-connections close after the response (gunicorn answers them with ``Connection: close``).
+connections close right after the response.
 """
 
 from __future__ import annotations
@@ -75,9 +75,14 @@ class ServingGeventWorker(GeventWorker):  # type: ignore[misc]  # gunicorn is un
 
     def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
         try:
-            return super().handle_request(listener_name, req, sock, addr)
+            answered = super().handle_request(listener_name, req, sock, addr)
         finally:
             sock.reading_request = False  # answered: the next byte starts a new request
+        if not self.alive:
+            # The stop began while this request ran: gunicorn only says Connection: close to
+            # requests that start after it, and would keep this connection for the next.
+            raise StopIteration
+        return answered
 
     def _close_idle_connections_on_stop(self) -> None:
         while self.alive:

@@ -98,9 +98,10 @@ def test_a_model_that_cannot_load_stops_the_server(
 
 
 def test_sigterm_lets_in_flight_requests_finish(failing_model: Path, tmp_path: Path) -> None:
-    """SIGTERM during a slow request: the request completes and the server exits 0 promptly."""
+    """SIGTERM during a slow request: the request completes and the server exits 0 promptly,
+    though the client keeps its connection open afterwards, as SageMaker's front end does."""
     arguments = ["--model-dir", str(failing_model.parent), "--graceful-timeout", "20"]
-    with running_server(arguments, tmp_path / "server.log") as server:
+    with running_server(arguments, tmp_path / "server.log") as server, requests.Session() as kept:
         results: list[int] = []
 
         def slow_request() -> None:
@@ -109,7 +110,7 @@ def test_sigterm_lets_in_flight_requests_finish(failing_model: Path, tmp_path: P
                 time.sleep(1.0)  # the request is in flight when SIGTERM arrives
                 yield b"3, 4]"
 
-            response = requests.post(
+            response = kept.post(
                 server.url("/invocations"),
                 data=body(),
                 headers={"Content-Type": "application/json"},

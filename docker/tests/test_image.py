@@ -1,0 +1,227 @@
+"""The CPU image, built and run with podman as SageMaker runs it: ``IMAGE serve``, the model
+mounted read-only at /opt/ml/model, then SIGTERM. CI's own step (``docker/ci/test-image.sh``,
+which sets podman up and makes the stand-in base image); not part of the main suite.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from tests.server import free_port
+from tests.wire import run_onnxruntime
+
+ROOT = Path(__file__).parent.parent.parent
+IMAGE = "localhost/onnx-serving:ci"
+IRIS = ROOT / "examples" / "iris" / "model"
+#: The machine's CA bundle (with its egress proxy's CA), lent to the build's RUN steps only.
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+ROWS = np.array([[5.1, 3.5, 1.4, 0.2], [6.3, 3.3, 6.0, 2.5]], np.float32)
+
+
+def podman(*arguments: str, timeout: float = 60, check: bool = True) -> str:
+    result = subprocess.run(
+        ["podman", *arguments], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if check and result.returncode:
+        raise AssertionError(f"podman {' '.join(arguments)}: {result.stderr[-3000:]}")
+    return result.stdout
+
+
+@pytest.fixture(scope="session")
+def image() -> str:
+    volume = f"{CA_BUNDLE}:{CA_BUNDLE}:ro"
+    arguments = ["build", "--pull=never", "-v", volume, "-f", "docker/Dockerfile.cpu"]
+    result = subprocess.run(
+        ["podman", *arguments, "-t", IMAGE, str(ROOT)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return IMAGE
+
+
+def model_copy(source: Path, destination: Path) -> Path:
+    """A copy any user can read: the container may run as uid 1000."""
+    shutil.copytree(source, destination)
+    for path in [destination, *destination.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return destination
+
+
+@pytest.fixture(scope="session")
+def iris(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return model_copy(IRIS, tmp_path_factory.mktemp("iris") / "model")
+
+
+@dataclass
+class Container:
+    name: str
+    port: int
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def logs(self) -> str:
+        """What the server wrote (podman gives the container's stderr on its own stderr)."""
+        result = subprocess.run(
+            ["podman", "logs", self.name], capture_output=True, text=True, timeout=30, check=False
+        )
+        return result.stdout + result.stderr
+
+
+@contextmanager
+def running(image: str, model: Path, *options: str) -> Iterator[Container]:
+    """``podman run -d -p PORT:8080 [options] -v MODEL:/opt/ml/model:ro IMAGE serve``, healthy."""
+    container = Container(f"serving-test-{free_port()}", free_port())
+    podman(
+        "run", "-d", "--name", container.name, "-p", f"127.0.0.1:{container.port}:8080",
+        *options, "-v", f"{model}:/opt/ml/model:ro", image, "serve",
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(container.url("/ping"), timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            state = podman("inspect", "-f", "{{.State.Running}}", container.name).strip()
+            assert state == "true", container.logs()
+            assert time.monotonic() < deadline, container.logs()
+            time.sleep(0.2)
+        yield container
+    finally:
+        podman("rm", "-f", "-t", "0", container.name, check=False)
+
+
+def assert_answers_like_onnxruntime(container: Container) -> None:
+    body = "".join(",".join(map(str, row)) + "\n" for row in ROWS.tolist())
+    response = requests.post(
+        container.url("/invocations"),
+        data=body,
+        headers={"Content-Type": "text/csv", "Accept": "application/json"},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"] == "application/json"
+    outputs = response.json()["outputs"]
+    expected = run_onnxruntime(IRIS / "model.onnx", {"features": ROWS})
+    np.testing.assert_allclose(outputs["probabilities"], expected["probabilities"], rtol=1e-6)
+    np.testing.assert_array_equal(outputs["label"], expected["label"])
+
+
+def test_the_image_says_what_sagemaker_needs(image: str) -> None:
+    (config,) = json.loads(podman("image", "inspect", image))
+    settings = config["Config"]
+    labels = settings["Labels"]
+    assert labels["com.amazonaws.sagemaker.capabilities.accept-bind-to-port"] == "true"
+    assert settings["Entrypoint"] == ["serving"]
+    assert settings["Cmd"] == ["serve"]
+    assert settings.get("User", "") in ("", "0", "root")
+
+
+def test_it_serves_as_sagemaker_runs_it(image: str, iris: Path) -> None:
+    with running(image, iris) as container:
+        assert_answers_like_onnxruntime(container)
+        parameters = requests.get(container.url("/execution-parameters"), timeout=5).json()
+        assert parameters["BatchStrategy"] == "MULTI_RECORD"
+        assert "providers CPUExecutionProvider" in container.logs()
+
+
+def test_it_serves_read_only_as_another_user(image: str, iris: Path) -> None:
+    with running(image, iris, "--read-only", "--user", "1000") as container:
+        assert_answers_like_onnxruntime(container)
+        assert podman("exec", container.name, "id", "-u").strip() == "1000"
+
+
+def test_environment_variables_configure_it(image: str, iris: Path) -> None:
+    options = ["-e", "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT=text/csv", "-e", "SAGEMAKER_BATCH=true"]
+    with running(image, iris, *options) as container:
+        response = requests.post(
+            container.url("/invocations"),
+            data=b"5.1,3.5,1.4,0.2\n",
+            headers={"Content-Type": "text/csv"},
+            timeout=30,
+        )
+        assert response.headers["Content-Type"] == "text/csv"
+        assert response.text.count("\n") == 1
+        parameters = requests.get(container.url("/execution-parameters"), timeout=5).json()
+        assert parameters["MaxPayloadInMB"] == 100
+
+
+SLOW_CODE = """
+import time
+
+def model_fn(model_dir):
+    return "echo"
+
+def transform_fn(model, body, content_type, accept):
+    time.sleep(2)
+    return body, content_type
+"""
+
+
+def test_sigterm_lets_in_flight_requests_finish(
+    image: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    source = tmp_path_factory.mktemp("slow-source")
+    (source / "code").mkdir()
+    (source / "code" / "inference.py").write_text(SLOW_CODE)
+    model = model_copy(source, tmp_path_factory.mktemp("slow") / "model")
+    with running(image, model, "--read-only", "--user", "1000") as container:
+        answers: list[requests.Response] = []
+        request = threading.Thread(
+            target=lambda: answers.append(
+                requests.post(
+                    container.url("/invocations"),
+                    data=b"still here",
+                    headers={"Content-Type": "text/plain"},
+                    timeout=30,
+                )
+            )
+        )
+        request.start()
+        time.sleep(0.5)  # the request is in transform_fn's sleep
+        started = time.monotonic()
+        podman("stop", "-t", "30", container.name)
+        stopped_in = time.monotonic() - started
+        request.join(10)
+        assert answers, "the in-flight request got no answer"
+        assert answers[0].status_code == 200
+        assert answers[0].content == b"still here"
+        exit_code = podman("inspect", "-f", "{{.State.ExitCode}}", container.name).strip()
+        assert exit_code == "0", container.logs()
+        assert stopped_in < 10, f"stop took {stopped_in:.1f} s"  # not podman's SIGKILL
+
+
+def test_a_missing_model_stops_the_container_with_the_reason(
+    image: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    empty = tmp_path_factory.mktemp("empty")
+    empty.chmod(0o755)
+    name = f"serving-test-{free_port()}"
+    result = subprocess.run(
+        ["podman", "run", "--name", name, "-v", f"{empty}:/opt/ml/model:ro", image, "serve"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    podman("rm", "-f", name, check=False)
+    assert result.returncode != 0
+    assert "model" in (result.stdout + result.stderr).lower()
