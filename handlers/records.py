@@ -92,7 +92,7 @@ class RecordChunks:
                 return [self._bad_record(exc, lines_before + 1)]
             # Which record is bad: the decoder says, or halving finds it (a model's refusal
             # of one row fails the whole chunk).
-            if isinstance(exc, RecordError):
+            if isinstance(exc, RecordError) and exc.line <= len(lines):
                 bad = exc.line - 1
                 return [
                     *self._answer_lines(lines[:bad], lines_before),
