@@ -1,4 +1,4 @@
-"""gunicorn's gevent worker, made to stop promptly.
+"""gunicorn's gevent worker, made to stop promptly and to answer unparsable requests in JSON.
 
 On SIGTERM the stock worker stops accepting and waits for every open connection, and an idle
 keep-alive connection (which SageMaker's front end keeps open) only ends when its keep-alive
@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import socket
 import sys
 import termios
 from typing import Any
 
 import gevent
+from gunicorn import util as gunicorn_util
 from gunicorn.workers.ggevent import GeventWorker
 
 STOP_POLL_SECONDS = 0.1
@@ -56,10 +58,28 @@ class _TrackedSocket:
         return int.from_bytes(waiting, sys.byteorder) == 0
 
 
+def write_json_error(sock: Any, status: int, reason: str, message: str) -> None:
+    """gunicorn's answer to a request it cannot parse, as JSON like every other error."""
+    text = f"{status} {reason}: {message}" if message else f"{status} {reason}"
+    body = json.dumps({"error": text}).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    gunicorn_util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
 class ServingGeventWorker(GeventWorker):  # type: ignore[misc]  # gunicorn is untyped
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._connections: set[_TrackedSocket] = set()
+
+    def init_process(self) -> None:
+        # gunicorn answers a request it cannot parse (bad request line, Content-Length,
+        # header) with an HTML page written by gunicorn.util.write_error, and offers no hook:
+        # in this worker process, that function writes our JSON instead.
+        gunicorn_util.write_error = write_json_error
+        super().init_process()
 
     def run(self) -> None:
         gevent.spawn(self._close_idle_connections_on_stop)

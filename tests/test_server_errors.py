@@ -273,3 +273,26 @@ def test_a_body_shorter_than_its_content_length_is_refused(linear_server: Server
     assert reply.startswith(b"HTTP/1.1 400"), reply
     assert b"request body ended after 8 of its 1000 bytes" in reply
     assert_still_serving(linear_server)
+
+
+@pytest.mark.parametrize(
+    ("request_head", "status", "fragment"),
+    [
+        (b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400, "Content"),
+        (b"POST /invocations HTTP/9.9\r\nHost: x\r\n\r\n", 400, "HTTP Version"),
+        (b"BR\x00KEN / HTTP/1.1\r\n\r\n", 400, "Method"),
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 414, "URI Too Long"),
+    ],
+)
+def test_requests_the_http_parser_refuses_get_json_too(
+    linear_server: ServerProcess, request_head: bytes, status: int, fragment: str
+) -> None:
+    with socket.create_connection(("127.0.0.1", linear_server.port), timeout=10) as conn:
+        conn.sendall(request_head)
+        reply = b"".join(iter(lambda: conn.recv(65536), b""))
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status}".encode()), reply
+    assert b"Content-Type: application/json" in head
+    message = json.loads(body)["error"]
+    assert fragment in message, message
+    assert_still_serving(linear_server)
