@@ -4,9 +4,10 @@ A batch transform job with SplitType ``Line`` sends many CSV or JSON Lines recor
 body (up to 100 MB) and joins the response back to the input by position, so the response
 must hold exactly one output line per input line, in order. :class:`RecordChunks` answers such
 a body in chunks of whole lines, so the decoded arrays and the model's inputs and outputs
-stay the size of one chunk, not of the body; only the encoded response is kept whole (it is
-sent with a Content-Length, and a bad record after the first chunk must still turn the whole
-answer into a 400).
+stay the size of one chunk, not of the body. The encoded response is kept until the last
+chunk is answered (it is sent with a Content-Length, and a bad record after the first chunk
+must still turn the whole answer into a 400): in memory while small, past ``spool_bytes`` in
+a temporary file, so the worker's memory follows the chunk either way.
 
 A bad record either fails the request with a 400 naming its line in the whole body, or, when
 placeholders are asked for, gets a placeholder line from the response's encoder (CSV: an empty
@@ -16,7 +17,9 @@ line; JSON Lines: ``{"error": "..."}``) so that the other records' lines keep th
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Callable, Iterator
+from typing import BinaryIO
 
 from .base import Handler, InvocationContext
 from .codecs.lines import count_lines, split_lines
@@ -55,30 +58,76 @@ def line_chunks(read: Callable[[int], bytes], chunk_bytes: int) -> Iterator[byte
         yield rest
 
 
+#: By default, encoded answers larger than this wait in a temporary file (``TMPDIR``, else
+#: /tmp), not in the worker's memory.
+SPOOL_BYTES = 8 << 20
+
+
+class Answers:
+    """A response body built in order: parts in memory, or a temporary file once large."""
+
+    def __init__(self, media_type: str, spool_bytes: int = SPOOL_BYTES) -> None:
+        self.media_type = media_type
+        self.parts: list[bytes] = []
+        self.file: BinaryIO | None = None
+        self.length = 0
+        self._spool_bytes = spool_bytes
+
+    def add(self, parts: list[bytes]) -> None:
+        self.length += sum(map(len, parts))
+        if self.file is None and self.length > self._spool_bytes:
+            self.file = tempfile.TemporaryFile()  # noqa: SIM115 - the response closes it
+            self.file.writelines(self.parts)
+            self.parts = []
+        if self.file is None:
+            self.parts += parts
+        else:
+            self.file.writelines(parts)
+
+    def body(self) -> list[bytes] | BinaryIO:
+        """The parts, or the file rewound to its start (the caller closes it)."""
+        if self.file is None:
+            return self.parts
+        self.file.seek(0)
+        return self.file
+
+
 class RecordChunks:
     """Answers one multi-record body, chunk by chunk, with ``handler.invoke``."""
 
     def __init__(
-        self, handler: Handler, context: InvocationContext, *, placeholders: bool = False
+        self,
+        handler: Handler,
+        context: InvocationContext,
+        *,
+        placeholders: bool = False,
+        spool_bytes: int = SPOOL_BYTES,
     ) -> None:
         self.handler = handler
         self.context = context
+        self._spool_bytes = spool_bytes
         encoder = handler.codecs.encoder(context.accept)
         self._placeholder: Callable[[str], bytes] | None = (
             getattr(encoder, "placeholder", None) if placeholders else None
         )
         self._media_type = context.accept
 
-    def answer(self, chunks: Iterator[bytes]) -> tuple[list[bytes], str]:
-        """The response body, as parts to send one after the other, and its media type."""
-        parts: list[bytes] = []
+    def answer(self, chunks: Iterator[bytes]) -> Answers:
+        """The response: every chunk's answers, in order."""
+        answers = Answers(self.context.accept, self._spool_bytes)
         lines_before = 0
-        for chunk in chunks:
-            parts += self._answer(chunk, lines_before)
-            lines_before += count_lines(chunk)
-        if not parts:
+        try:
+            for chunk in chunks:
+                answers.add(self._answer(chunk, lines_before))
+                lines_before += count_lines(chunk)
+        except BaseException:
+            if answers.file is not None:
+                answers.file.close()
+            raise
+        if not lines_before:
             raise InvalidInput(f"{self.context.content_type} body has no records")
-        return parts, self._media_type
+        answers.media_type = self._media_type
+        return answers
 
     def _answer(self, chunk: bytes, lines_before: int) -> list[bytes]:
         """The answers for ``chunk``; a bad record is found, then refused or replaced."""

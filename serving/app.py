@@ -12,13 +12,14 @@ from typing import IO
 import orjson
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.wsgi import wrap_file
 
 from handlers import Handler, HandlerConfig, InvocationContext, load_handler_class
 from handlers.base import CUSTOM_ATTRIBUTES
 from handlers.codecs import CodecPluginError, CodecRegistry, installed_codecs
 from handlers.codecs.numpy_codecs import MAX_NPZ_EXPANDED_BYTES
 from handlers.errors import InvalidInput, ModelLoadError, NotReady, PayloadTooLarge, ServingError
-from handlers.records import RecordChunks, answers_in_chunks, line_chunks
+from handlers.records import Answers, RecordChunks, answers_in_chunks, line_chunks
 
 from .admission import FairGate
 from .execution import GeventExecutor
@@ -125,6 +126,7 @@ def create_app(
     app.extensions["serving"] = state
     chunk_bytes = int(settings.record_chunk_mb * 1024 * 1024)
     placeholders = settings.bad_records == "placeholder"
+    spool_bytes = int(settings.record_spool_mb * 1024 * 1024)
 
     @app.get("/ping")
     def ping() -> Response:
@@ -155,10 +157,10 @@ def create_app(
         with active_requests.admit(weight):
             if answers_in_chunks(handler, context):
                 chunks = line_chunks(_body_reader(settings, body_limit), chunk_bytes)
-                answerer = RecordChunks(handler, context, placeholders=placeholders)
-                parts, media_type = answerer.answer(chunks)
-                # A list: Werkzeug sends the parts one after the other, their total as length.
-                return Response(parts, content_type=media_type)
+                answerer = RecordChunks(
+                    handler, context, placeholders=placeholders, spool_bytes=spool_bytes
+                )
+                return _answers_response(answerer.answer(chunks))
             result = handler.invoke(_read_body(settings, body_limit), context)
         # content_type, not mimetype: Flask would append "; charset=utf-8" to text types and
         # pipelines pass the response type on to the next container verbatim.
@@ -178,6 +180,20 @@ def load_model(app: Flask) -> None:
 def _read_body(settings: Settings, limit: int | None) -> bytes:
     """The whole body (see :func:`_body_reader`)."""
     return _body_reader(settings, limit)(-1 if limit is None else limit + 1)
+
+
+def _answers_response(answers: Answers) -> Response:
+    """Parts from memory, or the spooled file (sent with sendfile, closed after sending)."""
+    body = answers.body()
+    if isinstance(body, list):
+        return Response(body, content_type=answers.media_type)
+    response = Response(
+        wrap_file(request.environ, body, buffer_size=1 << 20),
+        content_type=answers.media_type,
+        direct_passthrough=True,
+    )
+    response.content_length = answers.length
+    return response
 
 
 def _body_reader(settings: Settings, limit: int | None) -> Callable[[int], bytes]:

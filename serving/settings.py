@@ -290,6 +290,15 @@ class Settings:
         "the body.",
         default_text="0.25",
     )
+    record_spool_mb: float = _setting(
+        8.0,
+        "SERVING_RECORD_SPOOL_MB",
+        "--record-spool-mb",
+        parse.positive_number,
+        "MiB of a multi-record body's response kept in memory; the rest waits in a "
+        "temporary file (TMPDIR, else /tmp) until the last chunk is answered.",
+        default_text="8",
+    )
     bad_records: str = _setting(
         "reject",
         "SERVING_BAD_RECORDS",

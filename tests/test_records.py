@@ -57,13 +57,22 @@ def answer(
     content_type: str = CSV,
     accept: str = CSV,
     placeholders: bool = False,
+    spool: int = 1 << 20,
 ) -> bytes:
     context = InvocationContext(content_type=content_type, accept=accept)
     assert answers_in_chunks(handler, context)
-    answerer = RecordChunks(handler, context, placeholders=placeholders)
-    parts, media_type = answerer.answer(chunks_of(body, size))
-    assert media_type == accept
-    return b"".join(parts)
+    answerer = RecordChunks(handler, context, placeholders=placeholders, spool_bytes=spool)
+    answers = answerer.answer(chunks_of(body, size))
+    assert answers.media_type == accept
+    answered = answers.body()
+    if isinstance(answered, list):
+        assert answers.length <= spool
+        return b"".join(answered)
+    assert answers.length > spool
+    with answered:
+        data = answered.read()
+    assert len(data) == answers.length
+    return data
 
 
 def csv_table(body: bytes) -> np.ndarray:
@@ -81,6 +90,13 @@ def test_one_output_line_per_input_line_in_order(
     assert answered.count(b"\n") == 500
     expected = run_onnxruntime(linear_model, {"x": table})["y"]
     np.testing.assert_allclose(csv_table(answered), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("spool", [0, 100, 1 << 30])
+def test_a_large_answer_waits_in_a_file(handler: OnnxHandler, spool: int) -> None:
+    body = csv_body(rows(300))
+    in_memory = answer(handler, body, 50)
+    assert answer(handler, body, 50, spool=spool) == in_memory
 
 
 def test_json_lines_in_and_out(handler: OnnxHandler, linear_model: Path) -> None:

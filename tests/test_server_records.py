@@ -4,6 +4,8 @@ chunks: one output line per input line, in order, and bad records named by line.
 from __future__ import annotations
 
 import io
+import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,8 +22,10 @@ ROWS = 10_000
 
 @pytest.fixture(scope="module")
 def chunking_server(linear_model: Path, model_root: Path) -> Iterator[ServerProcess]:
-    # 2 KB chunks: a 10,000-line body is answered in about a hundred pieces
+    # 2 KB chunks: a 10,000-line body is answered in about a hundred pieces, the answers
+    # kept in a temporary file past 10 KB
     arguments = ["--model-dir", str(linear_model.parent), "--record-chunk-mb", "0.002"]
+    arguments += ["--record-spool-mb", "0.01"]
     environ = {"SAGEMAKER_MAX_PAYLOAD_IN_MB": "0.5"}
     with running_server(arguments, model_root / "chunking.log", environ) as server:
         yield server
@@ -146,3 +150,14 @@ def test_placeholders_keep_every_line_in_place(
     got = read_csv(b"\n".join(lines[i] for i in good))
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
     assert "placeholder for text/csv line 4000: is empty" in placeholder_server.log()
+
+
+def test_answers_spooled_to_a_file_leave_no_file_open(chunking_server: ServerProcess) -> None:
+    for _ in range(3):
+        response = chunking_server.post("/invocations", csv_body(table(2_000)), CSV)
+        assert response.status_code == 200
+    (worker,) = Path(f"/proc/{chunking_server.process.pid}/task").glob("*/children")
+    for pid in worker.read_text().split():
+        held = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+        spooled = [t for t in held if t.startswith(tempfile.gettempdir()) and "(deleted)" in t]
+        assert not spooled, held
