@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -156,8 +157,17 @@ def test_answers_spooled_to_a_file_leave_no_file_open(chunking_server: ServerPro
     for _ in range(3):
         response = chunking_server.post("/invocations", csv_body(table(2_000)), CSV)
         assert response.status_code == 200
-    (worker,) = Path(f"/proc/{chunking_server.process.pid}/task").glob("*/children")
-    for pid in worker.read_text().split():
-        held = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
-        spooled = [t for t in held if t.startswith(tempfile.gettempdir()) and "(deleted)" in t]
-        assert not spooled, held
+    # The client has the whole answer a moment before the worker closes the file.
+    deadline = time.monotonic() + 5
+    while spooled_files(chunking_server) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not spooled_files(chunking_server)
+
+
+def spooled_files(server: ServerProcess) -> list[str]:
+    """Deleted temporary files the server's processes hold open."""
+    pids = [server.process.pid]
+    for children in Path(f"/proc/{server.process.pid}/task").glob("*/children"):
+        pids += [int(pid) for pid in children.read_text().split()]
+    held = [os.readlink(fd) for pid in pids for fd in Path(f"/proc/{pid}/fd").iterdir()]
+    return [t for t in held if t.startswith(tempfile.gettempdir()) and "(deleted)" in t]
