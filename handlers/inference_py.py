@@ -246,18 +246,19 @@ class InferencePyHandler(Handler):
                 context.accept,
             )
             return _reply("transform_fn", result, context.accept)
+        executor = self.config.executor
+        # Every hook runs off the event loop: user code may take long (decoding images,
+        # pure-Python loops) and /ping must still answer at once.
         if "input_fn" in hooks:
-            data = hooks["input_fn"](hook_context, body, context.content_type)
+            data = hooks["input_fn"].off_loop(executor, hook_context, body, context.content_type)
         else:
             data = self.decode(body, context.content_type)
         if "predict_fn" in hooks:
-            prediction = hooks["predict_fn"].off_loop(
-                self.config.executor, hook_context, data, self.model
-            )
+            prediction = hooks["predict_fn"].off_loop(executor, hook_context, data, self.model)
         else:
             prediction = self.predict(data, context)
         if "output_fn" in hooks:
-            result = hooks["output_fn"](hook_context, prediction, context.accept)
+            result = hooks["output_fn"].off_loop(executor, hook_context, prediction, context.accept)
             return _reply("output_fn", result, context.accept)
         return self.encode(_as_outputs(prediction), context.accept)
 

@@ -318,19 +318,25 @@ def test_program_and_code_dir_settings(tmp_path: Path, linear_model: Path) -> No
         assert response.content == b"hello!"
 
 
-BUSY_PREDICT = """
+BUSY = """
+    import json
     import time
 
-    def predict_fn(data, model):
+    def busy():
         end = time.perf_counter() + 1.0
         while time.perf_counter() < end:  # pure Python, holding the GIL
             pass
-        return data
 """
+BUSY_HOOKS = {
+    "predict_fn": "def predict_fn(data, model):\n    busy()\n    return data\n",
+    "input_fn": "def input_fn(body, content_type):\n    busy()\n    return json.loads(body)\n",
+    "output_fn": "def output_fn(prediction, accept):\n    busy()\n    return b'done', accept\n",
+}
 
 
-def test_slow_user_code_does_not_hold_up_ping(serve_code: ServeCode) -> None:
-    server = serve_code(BUSY_PREDICT)
+@pytest.mark.parametrize("hook", BUSY_HOOKS)
+def test_slow_user_code_does_not_hold_up_ping(serve_code: ServeCode, hook: str) -> None:
+    server = serve_code(textwrap.dedent(BUSY) + BUSY_HOOKS[hook])
     slow = threading.Thread(
         target=server.post, args=("/invocations", b"[[1, 2, 3, 4]]", JSON), daemon=True
     )
