@@ -314,7 +314,18 @@ def main() -> None:
     report = render(results, limits, arguments.seconds)
     print(report)
     if arguments.output:
-        arguments.output.write_text(report)
+        arguments.output.write_text(keep_notes(arguments.output, report))
+
+
+#: In an output file, the heading the results go under; the notes above it are kept.
+RESULTS_HEADING = "## Latest run\n\n"
+
+
+def keep_notes(path: Path, report: str) -> str:
+    """``report`` under the notes already written above :data:`RESULTS_HEADING` in ``path``."""
+    text = path.read_text() if path.exists() else ""
+    notes, found, _ = text.partition(RESULTS_HEADING)
+    return notes + RESULTS_HEADING + report if found else report
 
 
 def render(

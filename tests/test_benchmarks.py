@@ -38,6 +38,14 @@ def test_wrk_output_is_read() -> None:
     assert run._errors(WRK_OUTPUT) == 7
 
 
+def test_notes_above_the_results_are_kept(tmp_path: Path) -> None:
+    output = tmp_path / "benchmarks.md"
+    assert run.keep_notes(output, "table 1\n") == "table 1\n"
+    output.write_text("# Results\n\nwhat it means\n\n## Latest run\n\ntable 1\n")
+    kept = run.keep_notes(output, "table 2\n")
+    assert kept == "# Results\n\nwhat it means\n\n## Latest run\n\ntable 2\n"
+
+
 @pytest.mark.parametrize(("name", "classes"), [("logreg", 3), ("mlp", 10), ("conv", 10)])
 def test_models_build_and_run(tmp_path: Path, name: str, classes: int) -> None:
     path = models.BUILDERS[name](tmp_path / "model.onnx")
