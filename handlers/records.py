@@ -47,15 +47,16 @@ def answers_in_chunks(handler: Handler, context: InvocationContext) -> bool:
 def line_chunks(read: Callable[[int], bytes], chunk_bytes: int) -> Iterator[bytes]:
     """Chunks of whole lines, about ``chunk_bytes`` each (a longer line is one chunk), from
     ``read(n)``, which returns up to ``n`` bytes and ``b""`` at the end of the body."""
-    rest = b""
+    pending: list[bytes] = []  # blocks of a line still going on; joined once it ends
     while block := read(chunk_bytes):
-        block = rest + block
-        end = block.rfind(b"\n") + 1
-        if end:
-            yield block[:end]
-        rest = block[end:]
-    if rest:
-        yield rest
+        end = block.rfind(b"\n") + 1  # only the new block: a long line stays linear
+        if not end:
+            pending.append(block)
+            continue
+        yield b"".join([*pending, block[:end]])
+        pending = [block[end:]] if end < len(block) else []
+    if pending:
+        yield b"".join(pending)
 
 
 #: By default, encoded answers larger than this wait in a temporary file (``TMPDIR``, else
@@ -75,10 +76,15 @@ class Answers:
 
     def add(self, parts: list[bytes]) -> None:
         self.length += sum(map(len, parts))
-        if self.file is None and self.length > self._spool_bytes:
-            self.file = tempfile.TemporaryFile()  # noqa: SIM115 - the response closes it
-            self.file.writelines(self.parts)
-            self.parts = []
+        if self.file is None and self.length > self._spool_bytes and self._spool_bytes >= 0:
+            try:
+                self.file = tempfile.TemporaryFile()  # noqa: SIM115 - the response closes it
+            except OSError as exc:  # no writable temporary directory (docker run --read-only)
+                log.warning("answers stay in memory: no temporary file (%s)", exc)
+                self._spool_bytes = -1
+            else:
+                self.file.writelines(self.parts)
+                self.parts = []
         if self.file is None:
             self.parts += parts
         else:
@@ -139,25 +145,30 @@ class RecordChunks:
             lines = split_lines(chunk)
             if len(lines) == 1:
                 return [self._bad_record(exc, lines_before + 1)]
-            # Which record is bad: the decoder says, or halving finds it (a model's refusal
-            # of one row fails the whole chunk).
+            # Which record is bad: the decoder says (the lines before it decode), or halving
+            # finds it (a model's refusal of one row fails the whole chunk). The lines after
+            # it are halved too, so that many bad records cost log-deep recursion, not one
+            # level each.
             if isinstance(exc, RecordError) and exc.line <= len(lines):
                 bad = exc.line - 1
                 return [
                     *self._answer_lines(lines[:bad], lines_before),
                     self._bad_record(exc, lines_before + exc.line),
-                    *self._answer_lines(lines[bad + 1 :], lines_before + exc.line),
+                    *self._answer_halves(lines[bad + 1 :], lines_before + exc.line),
                 ]
-            half = len(lines) // 2
-            return [
-                *self._answer_lines(lines[:half], lines_before),
-                *self._answer_lines(lines[half:], lines_before + half),
-            ]
+            return self._answer_halves(lines, lines_before)
         self._media_type = encoded.media_type
         return [encoded.body]
 
     def _answer_lines(self, lines: list[bytes], lines_before: int) -> list[bytes]:
         return self._answer(b"\n".join(lines) + b"\n", lines_before) if lines else []
+
+    def _answer_halves(self, lines: list[bytes], lines_before: int) -> list[bytes]:
+        half = len(lines) // 2
+        return [
+            *self._answer_lines(lines[:half], lines_before),
+            *self._answer_lines(lines[half:], lines_before + half),
+        ]
 
     def _bad_record(self, exc: InvalidInput, line: int) -> bytes:
         reason = exc.reason if isinstance(exc, RecordError) else exc.message

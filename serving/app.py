@@ -11,6 +11,7 @@ from typing import IO
 
 import orjson
 from flask import Flask, Response, g, request
+from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import wrap_file
 
@@ -124,7 +125,7 @@ def create_app(
         settings.max_active_requests or 1, int(settings.max_active_mb * 1024 * 1024)
     )
     app.extensions["serving"] = state
-    chunk_bytes = int(settings.record_chunk_mb * 1024 * 1024)
+    chunk_bytes = max(1, int(settings.record_chunk_mb * 1024 * 1024))
     placeholders = settings.bad_records == "placeholder"
     spool_bytes = int(settings.record_spool_mb * 1024 * 1024)
 
@@ -237,13 +238,16 @@ def _too_large(settings: Settings) -> PayloadTooLarge:
 
 def _read(stream: IO[bytes], wanted: int) -> bytes:
     """Up to ``wanted`` bytes (all, for -1), however many reads the stream needs."""
-    if wanted < 0:
-        return stream.read()
-    chunks = []
-    while wanted > 0 and (chunk := stream.read(wanted)):
-        chunks.append(chunk)
-        wanted -= len(chunk)
-    return b"".join(chunks)
+    try:
+        if wanted < 0:
+            return stream.read()
+        chunks = []
+        while wanted > 0 and (chunk := stream.read(wanted)):
+            chunks.append(chunk)
+            wanted -= len(chunk)
+        return b"".join(chunks)
+    except ParseException as exc:  # gunicorn's, for broken chunked framing
+        raise InvalidInput(f"malformed chunked request body: {type(exc).__name__} {exc}") from exc
 
 
 def _echo_custom_attributes(response: Response) -> Response:

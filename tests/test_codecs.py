@@ -245,3 +245,11 @@ def test_csv_numbers_read_back_exactly() -> None:
     np.testing.assert_array_equal(table[:, 6], outputs["u8"][:, 0])
     np.testing.assert_array_equal(table[:, 7].astype(np.float16), outputs["f16"])
     np.testing.assert_array_equal(table[:, 8], outputs["b"])
+
+
+@pytest.mark.parametrize(
+    "body", [b'{"predictions": [1, 2], "x": [3]}', b'{"outputs": [1, 2], "x": [3]}']
+)
+def test_a_response_key_beside_other_keys_is_not_a_response(body: bytes) -> None:
+    with pytest.raises(InvalidInput, match="expected a JSON array"):
+        JsonCodec().decode(body)

@@ -313,3 +313,12 @@ def test_the_default_registry_reads_and_writes_it() -> None:
     registry = default_codecs()
     assert isinstance(registry.decoder("application/x-recordio-protobuf"), RecordIOCodec)
     assert isinstance(registry.encoder("Application/X-RecordIO-Protobuf"), RecordIOCodec)
+
+
+def test_how_a_body_is_read_does_not_depend_on_record_order() -> None:
+    labels_only = record({"score": tensor(FLOAT32, [1.0])}, map_field=LABEL)
+    features = record({"score": tensor(FLOAT32, [2.0])})
+    one_way = codec.decode(body(labels_only, features))
+    other_way = codec.decode(body(features, labels_only))
+    assert isinstance(one_way, np.ndarray)  # record 0 decides: a response read back
+    assert isinstance(other_way, dict)  # record 0 decides: named features

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -185,3 +186,29 @@ def test_handlers_opt_in(linear_model: Path) -> None:
     assert answers_in_chunks(handler, context)
     assert not answers_in_chunks(handler, InvocationContext(CSV, "application/json"))
     assert not answers_in_chunks(handler, InvocationContext("application/json", CSV))
+
+
+def test_many_bad_records_in_one_chunk(handler: OnnxHandler) -> None:
+    """Each bad record must not cost a level of recursion (Python's limit is 1,000)."""
+    body = b"1,2,3,4\n\n" * 3000
+    answered = answer(handler, body, 1 << 20, placeholders=True)
+    lines = answered.split(b"\n")[:-1]
+    assert len(lines) == 6000
+    assert all(lines[i] for i in range(0, 6000, 2))
+    assert not any(lines[i] for i in range(1, 6000, 2))
+
+
+def test_a_long_line_is_read_in_linear_time() -> None:
+    line = b"1," * 2_500_000 + b"1\n"  # 5 MB, read 1 KB at a time
+    assert list(chunks_of(line + b"2\n", 1024)) == [line + b"2\n"]
+
+
+def test_answers_stay_in_memory_without_a_temporary_directory(
+    handler: OnnxHandler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", "/nonexistent/read-only")
+    body = csv_body(rows(300))
+    context = InvocationContext(content_type=CSV, accept=CSV)
+    answers = RecordChunks(handler, context, spool_bytes=100).answer(chunks_of(body, 50))
+    assert answers.file is None
+    assert b"".join(answers.parts) == answer(handler, body, 50)

@@ -296,3 +296,17 @@ def test_requests_the_http_parser_refuses_get_json_too(
     message = json.loads(body)["error"]
     assert fragment in message, message
     assert_still_serving(linear_server)
+
+
+def test_a_malformed_chunked_body_is_a_client_error(linear_server: ServerProcess) -> None:
+    with socket.create_connection(("127.0.0.1", linear_server.port), timeout=10) as conn:
+        conn.sendall(
+            b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\nzz\r\n1,2,3,4\n\r\n0\r\n\r\n"
+        )
+        reply = b"".join(iter(lambda: conn.recv(65536), b""))
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), reply
+    assert "malformed chunked request body" in json.loads(body)["error"]
+    assert "Traceback" not in linear_server.log().split("malformed chunked")[-1]
+    assert_still_serving(linear_server)

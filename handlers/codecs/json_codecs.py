@@ -99,9 +99,18 @@ def _named_inputs(inputs: dict[str, Any]) -> dict[str, Array]:
     return {name: as_numeric_array(value, f"input {name!r}") for name, value in inputs.items()}
 
 
-#: Keys of a request's inputs: "inputs", or the keys of our responses, so that a container's
-#: JSON answer is the next container's request in an inference pipeline.
-_INPUT_KEYS = frozenset({"inputs", "predictions", "outputs"})
+#: Keys of our responses, read as "inputs" when alone in an object, so that a container's JSON
+#: answer is the next container's request in an inference pipeline.
+_RESPONSE_KEYS = frozenset({"predictions", "outputs"})
+
+
+def _inputs_key(document: dict[str, Any]) -> str | None:
+    """The key holding a request's inputs: "inputs", or a response's key when it is alone."""
+    if "inputs" in document:
+        return "inputs"
+    if len(document) == 1 and next(iter(document)) in _RESPONSE_KEYS:
+        return next(iter(document))
+    return None
 
 
 def decode_document(document: Any) -> Inputs:
@@ -117,9 +126,9 @@ def decode_document(document: Any) -> Inputs:
                 [_instance_record(item, f"instance {i}: ") for i, item in enumerate(instances)],
                 "instances",
             )
-        key = document.keys() & _INPUT_KEYS
-        if len(key) == 1:  # {"inputs": ...}, or our own response, read back in a pipeline
-            inputs = document[key.pop()]
+        key = _inputs_key(document)
+        if key is not None:  # {"inputs": ...}, or our own response, read back in a pipeline
+            inputs = document[key]
             if isinstance(inputs, dict):
                 return _named_inputs(inputs)
             return as_numeric_array(inputs, '"inputs"')
@@ -192,8 +201,8 @@ def _line_records(document: Any) -> list[Record]:
         if not isinstance(instances, list):
             raise InvalidInput('"instances" must be an array')
         return [_instance_record(item, "") for item in instances]
-    if isinstance(document, dict) and len(keys := document.keys() & _INPUT_KEYS) == 1:
-        return [document[keys.pop()]]  # one record: named values, or an array
+    if isinstance(document, dict) and (key := _inputs_key(document)) is not None:
+        return [document[key]]  # one record: named values, or an array
     return [_instance_record(document, "")]
 
 

@@ -91,7 +91,8 @@ class RecordIOCodec:
             # No features but labels: a response of ours, read back in an inference pipeline.
             labels = not record.features and bool(record.label)
             gathered.add(index, record.label if labels else record.features)
-            gathered.unnamed_label = labels and len(record.label) == 1
+            if index == 0:  # the first record says how the body is read
+                gathered.unnamed_label = labels and len(record.label) == 1
         return gathered.inputs()
 
     def encode(self, outputs: Outputs) -> bytes:
