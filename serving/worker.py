@@ -31,16 +31,33 @@ class _TrackedSocket:
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self.reading_request = False
+        self.closing = False
 
     def recv(self, *args: Any) -> bytes:
-        data: bytes = self._sock.recv(*args)
+        try:
+            data: bytes = self._sock.recv(*args)
+        except OSError:
+            if self.closing:  # gevent cancels the wait with EBADF: the end, not an error
+                return b""
+            raise
         self.reading_request = self.reading_request or bool(data)
         return data
 
     def recv_into(self, *args: Any) -> int:
-        count: int = self._sock.recv_into(*args)
+        try:
+            count: int = self._sock.recv_into(*args)
+        except OSError:
+            if self.closing:
+                return 0
+            raise
         self.reading_request = self.reading_request or count > 0
         return count
+
+    def close_idle(self) -> None:
+        """End the wait for a next request: its read returns nothing, as at a peer's close."""
+        self.closing = True
+        with contextlib.suppress(OSError):  # OSError: the peer closed it already
+            self._sock.shutdown(socket.SHUT_RDWR)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
@@ -108,5 +125,4 @@ class ServingGeventWorker(GeventWorker):  # type: ignore[misc]  # gunicorn is un
         while self.alive:
             gevent.sleep(STOP_POLL_SECONDS)
         for connection in [c for c in self._connections if c.idle()]:
-            with contextlib.suppress(OSError):  # OSError: the peer closed it already
-                connection.shutdown(socket.SHUT_RDWR)  # its keep-alive read ends at once
+            connection.close_idle()  # its keep-alive read ends at once
