@@ -54,6 +54,14 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def open_files(self) -> list[str]:
+        """What the server's processes (master and workers) hold open, as /proc names them:
+        paths, ``socket:[inode]``, a deleted file's path with `` (deleted)``."""
+        pids = [self.process.pid]
+        for children in Path(f"/proc/{self.process.pid}/task").glob("*/children"):
+            pids += [int(pid) for pid in children.read_text().split()]
+        return [os.readlink(fd) for pid in pids for fd in Path(f"/proc/{pid}/fd").iterdir()]
+
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM, then wait for the exit status."""
         self.session.close()

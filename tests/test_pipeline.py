@@ -4,7 +4,6 @@ with its response Content-Type verbatim, as SageMaker does, each on the port
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,18 +74,12 @@ def test_two_containers_in_series(
 
 def test_only_the_bind_port_is_opened(first: ServerProcess) -> None:
     """SAGEMAKER_SAFE_PORT_RANGE is where a second port would have to go: there is none."""
-    assert listening_ports(first.process.pid) == {first.port}
+    assert listening_ports(first) == {first.port}
 
 
-def listening_ports(pid: int) -> set[int]:
-    """TCP ports that ``pid`` or its children listen on (Linux /proc)."""
-    pids = [pid, *_children(pid)]
-    inodes = set()
-    for process in pids:
-        for fd in Path(f"/proc/{process}/fd").iterdir():
-            target = os.readlink(fd)
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
+def listening_ports(server: ServerProcess) -> set[int]:
+    """TCP ports the server's processes listen on (Linux /proc)."""
+    inodes = {f[8:-1] for f in server.open_files() if f.startswith("socket:[")}
     ports = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
@@ -94,11 +87,3 @@ def listening_ports(pid: int) -> set[int]:
             if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
                 ports.add(int(fields[1].rsplit(":", 1)[1], 16))
     return ports
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            found += [int(child), *_children(int(child))]
-    return found

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from handlers.codecs import default_codecs
 from tests.recordio_wire import FLOAT32, FLOAT64, INT32, body, record, tensor
 from tests.server import ServerProcess
 from tests.wire import (
@@ -88,14 +89,8 @@ LINEAR_REQUESTS: dict[str, tuple[str, Callable[[Array], bytes]]] = {
 #: Formats that write booleans as numbers (CSV writes every number alike).
 WITHOUT_BOOLEANS = ("text/csv", "application/x-recordio-protobuf")
 
-RESPONSE_TYPES = [
-    "application/json",
-    "application/jsonlines",
-    "text/csv",
-    "application/x-npy",
-    "application/x-npz",
-    "application/x-recordio-protobuf",
-]
+#: Every built-in response type (tests/test_codecs.py lists them by name).
+RESPONSE_TYPES = default_codecs().encodable
 
 
 @pytest.mark.parametrize("accept", RESPONSE_TYPES)

@@ -4,7 +4,6 @@ chunks: one output line per input line, in order, and bad records named by line.
 from __future__ import annotations
 
 import io
-import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -166,8 +165,5 @@ def test_answers_spooled_to_a_file_leave_no_file_open(chunking_server: ServerPro
 
 def spooled_files(server: ServerProcess) -> list[str]:
     """Deleted temporary files the server's processes hold open."""
-    pids = [server.process.pid]
-    for children in Path(f"/proc/{server.process.pid}/task").glob("*/children"):
-        pids += [int(pid) for pid in children.read_text().split()]
-    held = [os.readlink(fd) for pid in pids for fd in Path(f"/proc/{pid}/fd").iterdir()]
-    return [t for t in held if t.startswith(tempfile.gettempdir()) and "(deleted)" in t]
+    tmp = tempfile.gettempdir()
+    return [f for f in server.open_files() if f.startswith(tmp) and f.endswith("(deleted)")]

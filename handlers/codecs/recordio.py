@@ -79,6 +79,7 @@ class RecordIOCodec:
     def decode(self, body: bytes) -> Inputs:
         record_type, decode_error = _schema()
         gathered = _Gathered(self.max_expanded_bytes // _GATHER_ITEMSIZE)
+        first_from_labels = False
         for index, payload in enumerate(_frames(body)):
             record = record_type()
             try:
@@ -92,8 +93,9 @@ class RecordIOCodec:
             labels = not record.features and bool(record.label)
             gathered.add(index, record.label if labels else record.features)
             if index == 0:  # the first record says how the body is read
-                gathered.unnamed_label = labels and len(record.label) == 1
-        return gathered.inputs()
+                first_from_labels = labels
+        # A single label read back is the one unnamed input, whatever the output's name.
+        return gathered.inputs(unnamed=first_from_labels)
 
     def encode(self, outputs: Outputs) -> bytes:
         count = record_count(outputs, self.media_type)
@@ -178,8 +180,6 @@ class _Gathered:
         self.room = max_values  # what is left of max_values
         self.features: dict[str, _Feature] = {}
         self.count = 0
-        #: Records with one label and no features: that label is the one unnamed input.
-        self.unnamed_label = False
 
     def add(self, index: int, features: Any) -> None:
         if not features:
@@ -249,9 +249,11 @@ class _Gathered:
         self.room -= size
         return size
 
-    def inputs(self) -> Inputs:
+    def inputs(self, *, unnamed: bool = False) -> Inputs:
+        """The stacked arrays: one unnamed array for a lone ``values`` feature (or any lone
+        tensor when ``unnamed``), else arrays by name."""
         arrays = {name: feature.stacked(self.count) for name, feature in self.features.items()}
-        if list(arrays) == ["values"] or (self.unnamed_label and len(arrays) == 1):
+        if list(arrays) == ["values"] or (unnamed and len(arrays) == 1):
             return next(iter(arrays.values()))
         return arrays
 
