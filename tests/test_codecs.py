@@ -253,3 +253,9 @@ def test_csv_numbers_read_back_exactly() -> None:
 def test_a_response_key_beside_other_keys_is_not_a_response(body: bytes) -> None:
     with pytest.raises(InvalidInput, match="expected a JSON array"):
         JsonCodec().decode(body)
+
+
+def test_csv_numbers_are_written_as_json_writes_them() -> None:
+    """The shortest round-trip text, as orjson writes it ("1e-7", not numpy's "1e-07")."""
+    outputs = {"f": np.array([[1e-7, 123456789.0]], np.float32), "i": np.array([-3])}
+    assert CsvCodec().encode(outputs) == b"1e-7,123456790.0,-3\n"

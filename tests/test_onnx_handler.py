@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
 from handlers import HandlerConfig
-from handlers.onnx_handler import OnnxHandler
+from handlers.errors import InvalidInput
+from handlers.onnx_handler import OnnxHandler, TensorSpec
 from tests.models import save_model
 
 
@@ -47,3 +49,11 @@ def test_a_single_input_with_a_free_first_dimension_batches(linear_model: Path) 
     handler = OnnxHandler(HandlerConfig(model_dir=linear_model.parent))
     handler.load()
     assert handler.batchable
+
+
+def test_an_input_of_one_value_per_row_takes_a_column_of_them() -> None:
+    """A CSV column or RecordIO scalars arrive as [rows, 1] for an input declared [N]."""
+    spec = TensorSpec("c", np.dtype(np.float32), ("N",))
+    assert spec.conform(np.ones((5, 1))).shape == (5,)
+    with pytest.raises(InvalidInput, match="expects rank 1"):
+        spec.conform(np.ones((5, 2)))
