@@ -1,4 +1,4 @@
-"""The HTTP side: settings, the Flask app, the gunicorn process model and the CLI.
+"""The HTTP side: settings, the WSGI app, the gunicorn process model and the CLI.
 
 Knows nothing of ONNX: it negotiates media types against a codec registry and asks a handler
 for work. See ``serving/README.md``.

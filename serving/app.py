@@ -1,36 +1,58 @@
-"""The Flask app: ``GET /ping`` and ``POST /invocations``, and the one place errors become
-responses.
+"""The WSGI app: ``GET /ping``, ``POST /invocations`` and ``GET /execution-parameters``, and
+the one place errors become responses.
+
+Plain WSGI, with Werkzeug parsing the headers, rather than Flask: three fixed routes need no
+router, and Flask's per-request machinery (request context, URL adapter, response object and
+its processing) cost 0.1 ms of CPU per request, as much as everything else this app and the
+model do for a small model together (see ``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import IO
+from typing import TYPE_CHECKING
 
 import orjson
-from flask import Flask, Response, g, request
-from gunicorn.http.errors import ParseException
-from werkzeug.exceptions import HTTPException
+from werkzeug.sansio.utils import get_content_length
 from werkzeug.wsgi import wrap_file
 
 from handlers import Handler, HandlerConfig, InvocationContext, load_handler_class
-from handlers.base import CUSTOM_ATTRIBUTES
 from handlers.codecs import CodecPluginError, CodecRegistry, installed_codecs
 from handlers.codecs.numpy_codecs import MAX_NPZ_EXPANDED_BYTES
-from handlers.errors import InvalidInput, ModelLoadError, NotReady, PayloadTooLarge, ServingError
+from handlers.errors import ModelLoadError, NotReady, ServingError
 from handlers.records import Answers, RecordChunks, answers_in_chunks, line_chunks
 
 from .admission import FairGate
+from .body import body_reader, read_whole
 from .execution import GeventExecutor
 from .negotiation import choose_accept, choose_content_type
 from .settings import Settings, SettingsError
 from .startup import check_settings
 
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
 log = logging.getLogger(__name__)
 
 HandlerFactory = Callable[[], Handler]
+
+#: X-Amzn-SageMaker-Custom-Attributes, as WSGI names request headers.
+CUSTOM_ATTRIBUTES_KEY = "HTTP_X_AMZN_SAGEMAKER_CUSTOM_ATTRIBUTES"
+CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
+
+#: What a chunked body (no Content-Length) counts for in admission, in bytes.
+UNKNOWN_BODY_WEIGHT = 1 << 20
+
+#: What one body may decode to, as a multiple of the body limit (bounds compressed .npz).
+DECODED_SIZE_FACTOR = 16
+
+#: Status lines by code, e.g. ``"200 OK"``.
+STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
+
+JSON = "application/json"
 
 
 def handler_config(
@@ -54,13 +76,6 @@ def handler_config(
         codecs=codecs,
         executor=executor,
     )
-
-
-#: What a chunked body (no Content-Length) counts for in admission, in bytes.
-UNKNOWN_BODY_WEIGHT = 1 << 20
-
-#: What one body may decode to, as a multiple of the body limit (bounds compressed .npz).
-DECODED_SIZE_FACTOR = 16
 
 
 def decoded_size_limit(settings: Settings) -> int:
@@ -94,13 +109,144 @@ class ModelState:
         log.info("%s ready", type(handler).__name__)
 
 
+@dataclass
+class Reply:
+    """A response: status, body (bytes, or parts of known total ``length``), headers."""
+
+    status: int
+    body: bytes | Iterable[bytes] = b""
+    content_type: str = "text/plain"
+    length: int | None = None
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class Call:
+    """One request as the views see it: its WSGI environ and, once negotiated, its context."""
+
+    environ: WSGIEnvironment
+    context: InvocationContext | None = None
+
+    def custom_attributes(self) -> str | None:
+        """What to echo: the handler's value once it has a context, else the request's."""
+        if self.context is not None:
+            return self.context.custom_attributes
+        value: str | None = self.environ.get(CUSTOM_ATTRIBUTES_KEY)
+        return value
+
+
+View = Callable[[Call], Reply]
+
+
+class ServingApp:
+    """The WSGI application for one worker's model (see :func:`create_app`)."""
+
+    def __init__(self, settings: Settings, state: ModelState) -> None:
+        self.settings = settings
+        self.state = state
+        self._body_limit = settings.max_payload_bytes
+        self._too_large = (
+            f"request body is larger than the {settings.max_payload_mb:g} MiB limit "
+            "(SAGEMAKER_MAX_PAYLOAD_IN_MB)"
+        )
+        self._active_requests = FairGate(
+            settings.max_active_requests or 1, int(settings.max_active_mb * 1024 * 1024)
+        )
+        self._chunk_bytes = max(1, int(settings.record_chunk_mb * 1024 * 1024))
+        self._placeholders = settings.bad_records == "placeholder"
+        self._spool_bytes = int(settings.record_spool_mb * 1024 * 1024)
+        self._parameters = orjson.dumps(settings.execution_parameters())
+        self._routes: dict[str, dict[str, View]] = {
+            "/ping": {"GET": self.ping, "HEAD": self.ping},
+            "/invocations": {"POST": self.invocations},
+            "/execution-parameters": {
+                "GET": self.execution_parameters,
+                "HEAD": self.execution_parameters,
+            },
+        }
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        call = Call(environ)
+        try:
+            reply = self._route(call)
+        except ServingError as exc:
+            reply = _serving_error(exc)
+        except Exception:
+            method, path = environ["REQUEST_METHOD"], environ["PATH_INFO"]
+            log.exception("unexpected error in %s %s", method, path)
+            reply = error_reply(HTTPStatus.INTERNAL_SERVER_ERROR, "internal server error")
+        headers = [("Content-Type", reply.content_type), *reply.headers]
+        if isinstance(reply.body, bytes):
+            headers.append(("Content-Length", str(len(reply.body))))
+            body: Iterable[bytes] = (reply.body,)
+        else:
+            if reply.length is not None:
+                headers.append(("Content-Length", str(reply.length)))
+            body = reply.body
+        echoed = call.custom_attributes()
+        if echoed is not None:
+            headers.append((CUSTOM_ATTRIBUTES, echoed))
+        start_response(STATUS_LINES[reply.status], headers)
+        return body
+
+    def _route(self, call: Call) -> Reply:
+        path, method = call.environ["PATH_INFO"], call.environ["REQUEST_METHOD"]
+        views = self._routes.get(path)
+        if views is None:
+            return error_reply(HTTPStatus.NOT_FOUND, f"404 Not Found: {method} {path}")
+        view = views.get(method)
+        if view is None:
+            reply = error_reply(
+                HTTPStatus.METHOD_NOT_ALLOWED, f"405 Method Not Allowed: {method} {path}"
+            )
+            reply.headers.append(("Allow", ", ".join(views)))
+            return reply
+        return view(call)
+
+    def ping(self, call: Call) -> Reply:
+        if self.state.handler is None:
+            raise NotReady("the model is not loaded")
+        return Reply(HTTPStatus.OK)
+
+    def execution_parameters(self, call: Call) -> Reply:
+        return Reply(HTTPStatus.OK, self._parameters, JSON)
+
+    def invocations(self, call: Call) -> Reply:
+        state, environ = self.state, call.environ
+        handler = state.handler
+        if handler is None:
+            raise NotReady("the model is not loaded")
+        call.context = context = InvocationContext(
+            content_type=choose_content_type(environ.get("CONTENT_TYPE", ""), state.content_types),
+            accept=choose_accept(
+                environ.get("HTTP_ACCEPT", ""), state.accept_types, self.settings.default_accept
+            ),
+            custom_attributes=environ.get(CUSTOM_ATTRIBUTES_KEY),
+        )
+        declared = get_content_length(
+            environ.get("CONTENT_LENGTH"), environ.get("HTTP_TRANSFER_ENCODING")
+        )
+        # The rest wait here, unread, leaving the event loop to /ping and to earlier requests.
+        with self._active_requests.admit(declared or UNKNOWN_BODY_WEIGHT):
+            read = body_reader(environ["wsgi.input"], declared, self._body_limit, self._too_large)
+            if answers_in_chunks(handler, context):
+                answerer = RecordChunks(
+                    handler, context, placeholders=self._placeholders, spool_bytes=self._spool_bytes
+                )
+                answers = answerer.answer(line_chunks(read, self._chunk_bytes))
+                return _answers_reply(environ, answers)
+            result = handler.invoke(read_whole(read, self._body_limit), context)
+        # Sent as the handler named it: pipelines pass the type on to the next container.
+        return Reply(HTTPStatus.OK, result.body, result.media_type)
+
+
 def create_app(
     settings: Settings,
     *,
     make_handler: HandlerFactory | None = None,
     codecs: CodecRegistry | None = None,
     worker_index: int = 0,
-) -> Flask:
+) -> ServingApp:
     """The WSGI app for ``settings``; the model is loaded later by :func:`load_model`.
 
     ``make_handler`` builds the handler (by default the one the settings name, imported only
@@ -117,168 +263,31 @@ def create_app(
         name = check_settings(settings)
         config = handler_config(settings, codecs, worker_index)
         make_handler = lambda: load_handler_class(name)(config)  # noqa: E731
-
-    app = Flask("serving")
-    body_limit = settings.max_payload_bytes
-    state = ModelState(make_handler, settings.default_accept)
-    active_requests = FairGate(
-        settings.max_active_requests or 1, int(settings.max_active_mb * 1024 * 1024)
-    )
-    app.extensions["serving"] = state
-    chunk_bytes = max(1, int(settings.record_chunk_mb * 1024 * 1024))
-    placeholders = settings.bad_records == "placeholder"
-    spool_bytes = int(settings.record_spool_mb * 1024 * 1024)
-
-    @app.get("/ping")
-    def ping() -> Response:
-        if state.handler is None:
-            raise NotReady("the model is not loaded")
-        return Response(status=HTTPStatus.OK, content_type="text/plain")
-
-    @app.get("/execution-parameters")
-    def execution_parameters() -> Response:
-        return Response(
-            orjson.dumps(settings.execution_parameters()), content_type="application/json"
-        )
-
-    @app.post("/invocations")
-    def invocations() -> Response:
-        handler = state.handler
-        if handler is None:
-            raise NotReady("the model is not loaded")
-        content_type = choose_content_type(request, state.content_types)
-        accept = choose_accept(request, state.accept_types, settings.default_accept)
-        g.context = context = InvocationContext(
-            content_type=content_type,
-            accept=accept,
-            custom_attributes=request.headers.get(CUSTOM_ATTRIBUTES),
-        )
-        # The rest wait here, unread, leaving the event loop to /ping and to earlier requests.
-        weight = request.content_length or UNKNOWN_BODY_WEIGHT
-        with active_requests.admit(weight):
-            if answers_in_chunks(handler, context):
-                chunks = line_chunks(_body_reader(settings, body_limit), chunk_bytes)
-                answerer = RecordChunks(
-                    handler, context, placeholders=placeholders, spool_bytes=spool_bytes
-                )
-                return _answers_response(answerer.answer(chunks))
-            result = handler.invoke(_read_body(settings, body_limit), context)
-        # content_type, not mimetype: Flask would append "; charset=utf-8" to text types and
-        # pipelines pass the response type on to the next container verbatim.
-        return Response(result.body, content_type=result.media_type)
-
-    _install_error_handlers(app)
-    app.after_request(_echo_custom_attributes)
-    return app
+    return ServingApp(settings, ModelState(make_handler, settings.default_accept))
 
 
-def load_model(app: Flask) -> None:
+def load_model(app: ServingApp) -> None:
     """Build and load the app's handler (in a worker, after fork); ``/ping`` then says 200."""
-    state: ModelState = app.extensions["serving"]
-    state.load()
+    app.state.load()
 
 
-def _read_body(settings: Settings, limit: int | None) -> bytes:
-    """The whole body (see :func:`_body_reader`)."""
-    return _body_reader(settings, limit)(-1 if limit is None else limit + 1)
+def error_reply(status: int, message: str) -> Reply:
+    """Every error's response: the status and ``{"error": message}``."""
+    return Reply(status, orjson.dumps({"error": message}), JSON)
 
 
-def _answers_response(answers: Answers) -> Response:
+def _serving_error(exc: ServingError) -> Reply:
+    if exc.status >= HTTPStatus.INTERNAL_SERVER_ERROR:
+        log.error("%s: %s", type(exc).__name__, exc.message, exc_info=exc.__cause__)
+    else:  # the client's mistake: no stack trace
+        log.info("%d %s: %s", exc.status, type(exc).__name__, exc.message)
+    return error_reply(exc.status, exc.message)
+
+
+def _answers_reply(environ: WSGIEnvironment, answers: Answers) -> Reply:
     """Parts from memory, or the spooled file (sent with sendfile, closed after sending)."""
     body = answers.body()
-    if isinstance(body, list):
-        return Response(body, content_type=answers.media_type)
-    response = Response(
-        wrap_file(request.environ, body, buffer_size=1 << 20),
-        content_type=answers.media_type,
-        direct_passthrough=True,
+    parts: Iterable[bytes] = (
+        body if isinstance(body, list) else wrap_file(environ, body, buffer_size=1 << 20)
     )
-    response.content_length = answers.length
-    return response
-
-
-def _body_reader(settings: Settings, limit: int | None) -> Callable[[int], bytes]:
-    """``read(n)``: up to ``n`` more bytes of the body (-1: all), read straight from the
-    server's stream (no copies through Werkzeug's limited stream, which costs a third of a
-    small model's request for a 0.6 MB body).
-
-    A Content-Length over the limit is refused before reading; a chunked body is refused once
-    it has passed the limit, which is how an oversize one shows itself; a body shorter than
-    its Content-Length, or empty, is refused too.
-    """
-    declared = request.content_length
-    if declared is not None and limit is not None and declared > limit:
-        raise _too_large(settings)
-    stream = request.stream
-    total = 0
-
-    def read(size: int) -> bytes:
-        nonlocal total
-        if declared is not None:
-            size = declared - total if size < 0 else min(size, declared - total)
-        data = _read(stream, size) if size else b""
-        total += len(data)
-        if limit is not None and total > limit:
-            raise _too_large(settings)
-        if declared is not None and len(data) < size:
-            raise InvalidInput(f"request body ended after {total} of its {declared} bytes")
-        if not total:
-            raise InvalidInput("the request body is empty")
-        return data
-
-    return read
-
-
-def _too_large(settings: Settings) -> PayloadTooLarge:
-    return PayloadTooLarge(
-        f"request body is larger than the {settings.max_payload_mb:g} MiB limit "
-        "(SAGEMAKER_MAX_PAYLOAD_IN_MB)"
-    )
-
-
-def _read(stream: IO[bytes], wanted: int) -> bytes:
-    """Up to ``wanted`` bytes (all, for -1), however many reads the stream needs."""
-    try:
-        if wanted < 0:
-            return stream.read()
-        chunks = []
-        while wanted > 0 and (chunk := stream.read(wanted)):
-            chunks.append(chunk)
-            wanted -= len(chunk)
-        return b"".join(chunks)
-    except ParseException as exc:  # gunicorn's, for broken chunked framing
-        raise InvalidInput(f"malformed chunked request body: {type(exc).__name__} {exc}") from exc
-
-
-def _echo_custom_attributes(response: Response) -> Response:
-    context: InvocationContext | None = g.get("context")
-    value = context.custom_attributes if context else request.headers.get(CUSTOM_ATTRIBUTES)
-    if value is not None:
-        response.headers[CUSTOM_ATTRIBUTES] = value
-    return response
-
-
-def _error_response(status: int, message: str) -> Response:
-    return Response(
-        orjson.dumps({"error": message}), status=status, content_type="application/json"
-    )
-
-
-def _install_error_handlers(app: Flask) -> None:
-    @app.errorhandler(ServingError)
-    def serving_error(exc: ServingError) -> Response:
-        if exc.status >= HTTPStatus.INTERNAL_SERVER_ERROR:
-            log.error("%s: %s", type(exc).__name__, exc.message, exc_info=exc.__cause__)
-        else:  # the client's mistake: no stack trace
-            log.info("%d %s: %s", exc.status, type(exc).__name__, exc.message)
-        return _error_response(exc.status, exc.message)
-
-    @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException) -> Response:
-        status = exc.code or HTTPStatus.INTERNAL_SERVER_ERROR
-        return _error_response(status, f"{status} {exc.name}: {request.method} {request.path}")
-
-    @app.errorhandler(Exception)
-    def unexpected_error(exc: Exception) -> Response:
-        log.exception("unexpected error in %s %s", request.method, request.path)
-        return _error_response(HTTPStatus.INTERNAL_SERVER_ERROR, "internal server error")
+    return Reply(HTTPStatus.OK, parts, answers.media_type, answers.length)

@@ -4,11 +4,20 @@ CloudWatch turns every line a container writes into its own event, so a multi-li
 traceback becomes dozens of unrelated events; the formatter folds them into one line.
 ``GET /ping`` is left out of the access log unless asked for: SageMaker pings every few
 seconds and those lines would drown everything else.
+
+The access log is written without the logging machinery: building a log record, finding
+its caller and formatting its time cost 40 µs of CPU per request in a worker, a sixth of a
+small model's whole request. :class:`AccessLines` writes the same line format, with the time
+formatted once a second, and gathers the lines into blocks written out every
+:data:`ACCESS_FLUSH_SECONDS` (so they may appear that much later than other lines).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -16,12 +25,63 @@ from gunicorn.glogging import Logger as GunicornLogger
 
 FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 
+#: The access log's logger name, as gunicorn names it; its level switches access lines off.
+ACCESS_LOGGER = "gunicorn.access"
+
+#: Largest block of access lines written at once: what a pipe writes atomically (PIPE_BUF),
+#: so that blocks from several workers sharing stderr never interleave mid-line.
+BLOCK_CHARS = 4096
+
+#: How often a worker writes out its pending access lines, in seconds.
+ACCESS_FLUSH_SECONDS = 0.2
+
 
 class OneLineFormatter(logging.Formatter):
     """Formats as usual, then folds line breaks (tracebacks included) into ``" | "``."""
 
     def format(self, record: logging.LogRecord) -> str:
         return super().format(record).replace("\r", "").replace("\n", " | ")
+
+
+class AccessLines:
+    """Access lines in :data:`FORMAT`, gathered and written to stderr in blocks of whole lines.
+
+    A block is written when the next line would not fit in :data:`BLOCK_CHARS`, and by
+    :meth:`flush`, which the worker calls every :data:`ACCESS_FLUSH_SECONDS` and as it exits.
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[str] = []
+        self._pending_chars = 0
+        self._second = -1
+        self._stamp = ""
+
+    def add(self, message: str) -> None:
+        now = time.time()
+        second = int(now)
+        if second != self._second:  # logging's default asctime, down to the second
+            self._second, self._stamp = (
+                second,
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)),
+            )
+        milliseconds = int((now - second) * 1000)
+        line = f"{self._stamp},{milliseconds:03d} INFO [{os.getpid()}] {ACCESS_LOGGER}: {message}\n"
+        if self._pending_chars + len(line) > BLOCK_CHARS:
+            self.flush()
+        self._pending.append(line)
+        self._pending_chars += len(line)
+
+    def flush(self) -> None:
+        if self._pending:
+            block = "".join(self._pending)
+            self._pending.clear()
+            self._pending_chars = 0
+            sys.stderr.write(block)
+            sys.stderr.flush()
+
+
+#: This process's access lines.
+access_lines = AccessLines()
 
 
 class AccessLogger(GunicornLogger):  # type: ignore[misc]  # gunicorn is untyped
@@ -40,16 +100,9 @@ class AccessLogger(GunicornLogger):  # type: ignore[misc]  # gunicorn is untyped
             return
         major, minor = req.version
         milliseconds = request_time.total_seconds() * 1000
-        self.access_log.info(
-            '%s "%s %s HTTP/%d.%d" %s %d %.0fms',
-            environ.get("REMOTE_ADDR", "-"),
-            req.method,
-            req.uri,
-            major,
-            minor,
-            resp.status_code,
-            resp.sent,
-            milliseconds,
+        access_lines.add(
+            f'{environ.get("REMOTE_ADDR", "-")} "{req.method} {req.uri} HTTP/{major}.{minor}" '
+            f"{resp.status_code} {resp.sent} {milliseconds:.0f}ms"
         )
 
 
@@ -73,5 +126,5 @@ def logging_config(level: int) -> dict[str, Any]:
             }
         },
         "root": {"level": level, "handlers": ["stderr"]},
-        "loggers": {"gunicorn.error": quiet, "gunicorn.access": dict(quiet)},
+        "loggers": {"gunicorn.error": quiet, ACCESS_LOGGER: dict(quiet)},
     }

@@ -12,16 +12,16 @@ from __future__ import annotations
 from collections.abc import Collection
 from functools import lru_cache
 
-from flask import Request
 from werkzeug.datastructures import MIMEAccept
 from werkzeug.http import parse_accept_header, parse_options_header
 
 from handlers.errors import NotAcceptable, UnsupportedMediaType
 
 
-def choose_content_type(request: Request, supported: Collection[str] | None) -> str:
-    """The request's bare media type if the handler takes it (``None``: takes any), or 415."""
-    media_type = request.mimetype  # bare and lower-case; "" when the header is missing
+def choose_content_type(header: str, supported: Collection[str] | None) -> str:
+    """The bare media type of a Content-Type ``header`` if the handler takes it (``None``:
+    takes any), or 415."""
+    media_type = bare_media_type(header)
     if media_type and (supported is None or media_type in supported):
         return media_type
     sent = f"Content-Type {media_type}" if media_type else "no Content-Type"
@@ -29,12 +29,11 @@ def choose_content_type(request: Request, supported: Collection[str] | None) -> 
     raise UnsupportedMediaType(f"{sent} is not supported; {offer}")
 
 
-def choose_accept(request: Request, offers: tuple[str, ...] | None, default: str) -> str:
-    """The response type the request's Accept prefers among ``offers`` (ties go to
+def choose_accept(header: str, offers: tuple[str, ...] | None, default: str) -> str:
+    """The response type an Accept ``header`` prefers among ``offers`` (ties go to
     ``default``), or 406. With ``offers`` ``None`` the handler writes any type: the client's
     most preferred type is chosen.
     """
-    header = request.headers.get("Accept", "")
     chosen = negotiate(header, offers, default)
     if chosen is None:
         available = "any type with a quality above 0" if offers is None else ", ".join(offers)
@@ -42,6 +41,13 @@ def choose_accept(request: Request, offers: tuple[str, ...] | None, default: str
             f"cannot answer in any type of Accept {header!r}; available: {available}"
         )
     return chosen
+
+
+@lru_cache(maxsize=1024)
+def bare_media_type(header: str) -> str:
+    """``header`` without parameters, in lower case ("" for none), as Werkzeug's
+    ``Request.mimetype`` reads it."""
+    return parse_options_header(header)[0].lower()
 
 
 @lru_cache(maxsize=1024)

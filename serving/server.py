@@ -1,7 +1,7 @@
-"""The process model: gunicorn, embedded, with gevent workers serving the Flask app.
+"""The process model: gunicorn, embedded, with gevent workers serving the WSGI app.
 
 The master binds the port, supervises workers and turns SIGTERM into a graceful stop; it
-validates the settings (and the handler's name) before starting, and imports neither Flask
+validates the settings (and the handler's name) before starting, and imports neither Werkzeug
 nor numpy, so it stays small. Each worker builds the app and loads its own model after fork;
 a worker that cannot exits with gunicorn's boot-error status, which makes the master stop the
 whole server instead of reporting healthy.
@@ -22,7 +22,7 @@ from .logs import access_logger, logging_config
 from .settings import Settings, SettingsError
 
 if TYPE_CHECKING:
-    from flask import Flask
+    from .app import ServingApp
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class ServingApplication(BaseApplication):  # type: ignore[misc]  # gunicorn is 
             if value is not None:
                 self.cfg.set(key, value)
 
-    def load(self) -> Flask:
+    def load(self) -> ServingApp:
         """Build the app, in a worker."""
         from .app import create_app
 

@@ -1,4 +1,4 @@
-"""What the master checks before it starts any worker, without importing Flask or numpy."""
+"""What the master checks before it starts any worker, without importing Werkzeug or numpy."""
 
 from __future__ import annotations
 

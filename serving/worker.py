@@ -22,6 +22,8 @@ import gevent
 from gunicorn import util as gunicorn_util
 from gunicorn.workers.ggevent import GeventWorker
 
+from .logs import ACCESS_FLUSH_SECONDS, access_lines
+
 STOP_POLL_SECONDS = 0.1
 
 
@@ -100,7 +102,11 @@ class ServingGeventWorker(GeventWorker):  # type: ignore[misc]  # gunicorn is un
 
     def run(self) -> None:
         gevent.spawn(self._close_idle_connections_on_stop)
-        super().run()
+        gevent.spawn(self._write_access_log)
+        try:
+            super().run()
+        finally:
+            access_lines.flush()
 
     def handle(self, listener: Any, client: socket.socket, addr: Any) -> None:
         tracked = _TrackedSocket(client)
@@ -120,6 +126,11 @@ class ServingGeventWorker(GeventWorker):  # type: ignore[misc]  # gunicorn is un
             # requests that start after it, and would keep this connection for the next.
             raise StopIteration
         return answered
+
+    def _write_access_log(self) -> None:
+        while True:
+            gevent.sleep(ACCESS_FLUSH_SECONDS)
+            access_lines.flush()
 
     def _close_idle_connections_on_stop(self) -> None:
         while self.alive:

@@ -54,12 +54,24 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def wait_for_log(self, text: str, timeout: float = 5.0) -> str:
+        """The log once it holds ``text`` (access lines are written out in blocks, later)."""
+        deadline = time.monotonic() + timeout
+        while text not in (log := self.log()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not logged within {timeout} s")
+            time.sleep(0.05)
+        return log
+
+    def worker_pids(self) -> list[int]:
+        """The master's children: its workers."""
+        tasks = Path(f"/proc/{self.process.pid}/task").glob("*/children")
+        return [int(pid) for children in tasks for pid in children.read_text().split()]
+
     def open_files(self) -> list[str]:
         """What the server's processes (master and workers) hold open, as /proc names them:
         paths, ``socket:[inode]``, a deleted file's path with `` (deleted)``."""
-        pids = [self.process.pid]
-        for children in Path(f"/proc/{self.process.pid}/task").glob("*/children"):
-            pids += [int(pid) for pid in children.read_text().split()]
+        pids = [self.process.pid, *self.worker_pids()]
         return [os.readlink(fd) for pid in pids for fd in Path(f"/proc/{pid}/fd").iterdir()]
 
     def stop(self, timeout: float = 30.0) -> int:

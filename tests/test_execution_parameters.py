@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from werkzeug.test import Client
 
 from serving import Settings
 from serving.app import create_app
@@ -16,7 +17,7 @@ IRIS = Path(__file__).parent.parent / "examples" / "iris" / "model"
 def parameters(environ: dict[str, str], cpus: int = 4) -> object:
     settings = Settings.from_sources(environ, {"model_dir": str(IRIS)}, cpus=cpus)
     app = create_app(settings)
-    response = app.test_client().get("/execution-parameters")
+    response = Client(app).get("/execution-parameters")
     assert response.status_code == 200
     assert response.headers["Content-Type"] == "application/json"
     return response.json

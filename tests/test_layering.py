@@ -38,7 +38,7 @@ def test_the_server_side_never_imports_onnxruntime(statement: str) -> None:
 
 
 def test_the_master_stays_small() -> None:
-    """The master validates settings without Flask, numpy or the model runtime (each worker
+    """The master validates settings without Werkzeug, numpy or the model runtime (each worker
     imports those), so its memory stays that of gunicorn alone."""
     statement = (
         "import serving.cli, serving.server; from serving import Settings; "
@@ -46,7 +46,7 @@ def test_the_master_stays_small() -> None:
         f"check_settings(Settings.from_sources({{}}, {{'model_dir': {IRIS!r}}}, cpus=1))"
     )
     loaded = modules_after_import(statement)
-    assert not {"flask", "numpy", "onnxruntime", "orjson"} & loaded
+    assert not {"werkzeug", "numpy", "onnxruntime", "orjson"} & loaded
 
 
 def test_the_master_is_not_monkey_patched() -> None:

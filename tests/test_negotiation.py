@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from flask import Flask
-from flask.testing import FlaskClient
+from werkzeug.test import Client
 
 from handlers import HandlerConfig, InvocationContext
 from handlers.base import Encoded
 from handlers.onnx_handler import OnnxHandler
 from handlers.tensors import Inputs, Outputs
 from serving import Settings
-from serving.app import create_app, load_model
+from serving.app import ServingApp, create_app, load_model
 from tests.wire import npy_bytes
 
 BODY = b"[[1, 2, 3, 4]]"
@@ -29,7 +27,7 @@ class CountingHandler(OnnxHandler):
         return super().predict(inputs, context)
 
 
-def make_app(model: Path, **settings: str) -> Flask:
+def make_app(model: Path, **settings: str) -> ServingApp:
     config = HandlerConfig(model_dir=model.parent)
     app = create_app(
         Settings.from_sources(settings, cpus=1), make_handler=lambda: CountingHandler(config)
@@ -39,10 +37,9 @@ def make_app(model: Path, **settings: str) -> Flask:
 
 
 @pytest.fixture
-def client(linear_model: Path) -> Iterator[FlaskClient]:
+def client(linear_model: Path) -> Client:
     CountingHandler.runs = 0
-    with make_app(linear_model).test_client() as client:
-        yield client
+    return Client(make_app(linear_model))
 
 
 @pytest.mark.parametrize(
@@ -63,9 +60,7 @@ def client(linear_model: Path) -> Iterator[FlaskClient]:
         ("application/json", "*/*;q=0.1, text/csv", "text/csv"),
     ],
 )
-def test_negotiated(
-    client: FlaskClient, content_type: str, accept: str | None, chosen: str
-) -> None:
+def test_negotiated(client: Client, content_type: str, accept: str | None, chosen: str) -> None:
     body = b"1,2,3,4\n" if content_type.startswith("text/csv") else BODY
     headers = {"Content-Type": content_type}
     if accept is not None:
@@ -88,7 +83,7 @@ def test_negotiated(
     ],
 )
 def test_refused_before_the_model_runs(
-    client: FlaskClient, headers: dict[str, str], status: int, fragment: str
+    client: Client, headers: dict[str, str], status: int, fragment: str
 ) -> None:
     # An undecodable body proves nothing was decoded either: decoding would give 400.
     response = client.post("/invocations", data=b"\x00not decodable", headers=headers)
@@ -99,11 +94,11 @@ def test_refused_before_the_model_runs(
 
 def test_default_accept_setting(linear_model: Path) -> None:
     app = make_app(linear_model, SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT="text/csv")
-    response = app.test_client().post(
+    response = Client(app).post(
         "/invocations", data=BODY, headers={"Content-Type": "application/json"}
     )
     assert response.headers["Content-Type"] == "text/csv"
-    explicit = app.test_client().post(
+    explicit = Client(app).post(
         "/invocations", data=BODY, headers={"Content-Type": "application/json", "Accept": "*/*"}
     )
     assert explicit.headers["Content-Type"] == "text/csv"
@@ -114,7 +109,7 @@ def test_ping_and_invocations_before_the_model_is_loaded(linear_model: Path) -> 
     app = create_app(
         Settings.from_sources({}, cpus=1), make_handler=lambda: CountingHandler(config)
     )
-    client = app.test_client()
+    client = Client(app)
     assert client.get("/ping").status_code == 503
     response = client.post("/invocations", data=BODY, headers={"Content-Type": "application/json"})
     assert response.status_code == 503
@@ -133,7 +128,7 @@ def test_handler_may_replace_custom_attributes(linear_model: Path) -> None:
     config = HandlerConfig(model_dir=linear_model.parent)
     app = create_app(Settings.from_sources({}, cpus=1), make_handler=lambda: Replacing(config))
     load_model(app)
-    response = app.test_client().post(
+    response = Client(app).post(
         "/invocations",
         data=npy_bytes(np.ones((1, 4), np.float32)),
         headers={"Content-Type": "application/x-npy", "X-Amzn-SageMaker-Custom-Attributes": "a=1"},
@@ -176,6 +171,6 @@ def test_a_handler_that_writes_any_type_gets_the_clients_preference(
     headers = {"Content-Type": "application/x-anything"}
     if accept is not None:
         headers["Accept"] = accept
-    response = app.test_client().post("/invocations", data=b"?", headers=headers)
+    response = Client(app).post("/invocations", data=b"?", headers=headers)
     assert response.status_code == 200
     assert response.data == passed.encode()

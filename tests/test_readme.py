@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+from werkzeug.test import Client
 
 from handlers import Handler, HandlerConfig
 from serving import Settings
@@ -34,7 +35,7 @@ def test_readme_handler(tmp_path: Path) -> None:
         make_handler=lambda: handler_class(HandlerConfig(model_dir=tmp_path)),
     )
     load_model(app)
-    client = app.test_client()
+    client = Client(app)
     response = client.post(
         "/invocations",
         data=npy_bytes(np.array([[1.0, 2.0]])),

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+from werkzeug.test import Client
 
 from handlers import HandlerConfig, InvocationContext
 from handlers.codecs.lines import count_lines, split_lines
@@ -235,7 +236,7 @@ def test_the_smallest_chunk_setting_still_reads_every_line(linear_model: Path) -
     app = create_app(settings)
     load_model(app)
     body = csv_body(rows(20))
-    response = app.test_client().post(
+    response = Client(app).post(
         "/invocations", data=body, headers={"Content-Type": CSV, "Accept": CSV}
     )
     assert response.status_code == 200, response.text

@@ -8,6 +8,7 @@ import pickle
 import re
 import socket
 import struct
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -178,10 +179,20 @@ def test_bad_input_for_several_inputs(mixed_server: ServerProcess, case: str) ->
 
 def test_unknown_routes_and_methods_answer_json(linear_server: ServerProcess) -> None:
     assert_error(linear_server.get("/nowhere"), 404, "/nowhere")
-    assert_error(linear_server.get("/invocations"), 405, "GET /invocations")
+    refused = linear_server.get("/invocations")
+    assert_error(refused, 405, "GET /invocations")
+    assert refused.headers["Allow"] == "POST"
+    assert_error(linear_server.session.put(linear_server.url("/ping"), timeout=30), 405, "PUT")
+
+
+def test_head_ping(linear_server: ServerProcess) -> None:
+    response = linear_server.session.head(linear_server.url("/ping"), timeout=30)
+    assert response.status_code == 200
+    assert response.content == b""
 
 
 CUSTOM = "X-Amzn-SageMaker-Custom-Attributes"
+TIMESTAMPED = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ \[\d+\] [\w.]+: ")
 
 
 @pytest.mark.parametrize(
@@ -228,16 +239,16 @@ def test_unknown_request_headers_are_ignored(linear_server: ServerProcess) -> No
     assert linear_server.post("/invocations", GOOD_ROW, headers).status_code == 200
 
 
-def test_pings_are_not_access_logged(linear_server: ServerProcess) -> None:
+def test_requests_but_not_pings_are_access_logged(linear_server: ServerProcess) -> None:
     for _ in range(3):
         assert linear_server.get("/ping").status_code == 200
-    linear_server.post("/invocations", GOOD_ROW, {"Content-Type": JSON})
-    log = linear_server.log()
-    assert '"POST /invocations HTTP/1.1" 200' in log
+    marker = f"/invocations?probe={uuid.uuid4().hex}"
+    linear_server.post(marker, GOOD_ROW, {"Content-Type": JSON})
+    log = linear_server.wait_for_log(f'"POST {marker} HTTP/1.1" 200')
     assert "/ping" not in log
-
-
-TIMESTAMPED = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ \[\d+\] [\w.]+: ")
+    line = next(line for line in log.splitlines() if marker in line)
+    assert TIMESTAMPED.match(line)
+    assert f" INFO [{linear_server.worker_pids()[0]}] gunicorn.access: 127.0.0.1 " in line
 
 
 def test_logs_are_one_line_per_event(failing_server: ServerProcess) -> None:

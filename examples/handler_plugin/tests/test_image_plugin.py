@@ -14,6 +14,7 @@ from onnx import TensorProto, helper
 from PIL import Image
 from serving_image_plugin.codecs import JpegCodec, PngCodec
 from serving_image_plugin.handler import fit_image
+from werkzeug.test import Client
 
 from handlers.codecs import (
     CODEC_GROUP,
@@ -201,7 +202,7 @@ def test_a_server_without_plugins_refuses_their_types() -> None:
     )
     app = create_app(settings)
     load_model(app)
-    response = app.test_client().post(
+    response = Client(app).post(
         "/invocations", data=picture(4, 4, "PNG"), headers={"Content-Type": "image/png"}
     )
     assert response.status_code == 415

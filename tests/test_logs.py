@@ -1,0 +1,83 @@
+"""The access log: lines in the format of every other log line, written in blocks."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import sys
+import time
+
+import pytest
+
+from serving.logs import ACCESS_LOGGER, BLOCK_CHARS, FORMAT, AccessLines, OneLineFormatter
+
+
+class Recorder(io.StringIO):
+    """A stream that remembers each write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+def recorded_stderr(monkeypatch: pytest.MonkeyPatch) -> Recorder:
+    """sys.stderr replaced, in the test itself: pytest sets its own after fixtures run."""
+    recorder = Recorder()
+    monkeypatch.setattr(sys, "stderr", recorder)
+    return recorder
+
+
+def test_lines_wait_for_a_flush(monkeypatch: pytest.MonkeyPatch) -> None:
+    stderr = recorded_stderr(monkeypatch)
+    lines = AccessLines()
+    lines.add("first")
+    lines.add("second")
+    assert stderr.writes == []
+    lines.flush()
+    assert len(stderr.writes) == 1  # both lines in one write
+    assert [line.rsplit(": ", 1)[1] for line in stderr.getvalue().splitlines()] == [
+        "first",
+        "second",
+    ]
+    lines.flush()
+    assert len(stderr.writes) == 1  # nothing pending: nothing written
+
+
+def test_blocks_hold_whole_lines_and_fit_a_pipes_atomic_write(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stderr = recorded_stderr(monkeypatch)
+    lines = AccessLines()
+    messages = [f"request {n} " + "x" * (n % 150) for n in range(1000)]
+    for message in messages:
+        lines.add(message)
+    lines.flush()
+    assert len(stderr.writes) > 10
+    assert all(len(block) <= BLOCK_CHARS and block.endswith("\n") for block in stderr.writes)
+    assert [line.split(": ", 1)[1] for line in stderr.getvalue().splitlines()] == messages
+
+
+def test_a_line_reads_as_the_formatter_would_write_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    stderr = recorded_stderr(monkeypatch)
+    now = 1_795_000_000.25  # 250 ms past a second
+    monkeypatch.setattr(time, "time", lambda: now)
+    lines = AccessLines()
+    lines.add('127.0.0.1 "POST /invocations HTTP/1.1" 200 52 1ms')
+    lines.flush()
+    record = logging.makeLogRecord(
+        {
+            "name": ACCESS_LOGGER,
+            "levelno": logging.INFO,
+            "levelname": "INFO",
+            "msg": '127.0.0.1 "POST /invocations HTTP/1.1" 200 52 1ms',
+            "created": now,
+            "msecs": 250.0,
+            "process": os.getpid(),
+        }
+    )
+    assert stderr.getvalue() == OneLineFormatter(FORMAT).format(record) + "\n"
