@@ -13,11 +13,12 @@ is answered first), then takes the oldest request and every compatible one queue
 (same names, dtypes and shapes past the first axis) up to ``max_batch_rows`` rows, runs them
 as one, and splits the outputs back by row counts. An idle server runs each request alone with
 no added delay; a loaded one batches as much as the load gives. ``max_delay`` (off by default)
-holds a partial batch back to gather more. Requests skip the queue, and run at once, for
-models where a shared run would save less than queueing costs (see ``_Lane.batching``): those
-whose batched runs cost no less per row than lone ones (convolutions), and those whose runs
-cost next to nothing (a logistic regression). A run that is not tiny still waits for the loop
-to be idle first (``YIELD_ABOVE``): back to back on the loop, runs would keep ``/ping`` waiting.
+holds a partial batch back to gather more. Batching stops for models whose batched runs cost
+no less per row than lone ones (see ``_Lane.batch_rows``).
+
+**Fairness.** Waiting for the idle loop before each run also keeps the loop polling: run back
+to back, inline runs would keep ``/ping`` and new connections waiting. Models that cannot
+batch wait for it too, unless their runs are tiny (``YIELD_ABOVE``).
 
 No request sees another's rows or errors: if a shared run fails, or its outputs do not line up
 with its inputs, each member is run again alone.
@@ -48,13 +49,8 @@ ESTIMATE_WEIGHT = 0.2
 #: Batching is used while a batched run costs less than this share of lone runs, per row.
 BATCH_GAIN = 0.9
 
-#: What queueing for a shared run costs a request, in seconds of CPU: the queued path took
-#: 11 µs more per request than a direct run on the development machine. Batching must save
-#: more than this per row to be worth it.
-QUEUE_COST = 15e-6
-
-#: A run expected to take longer than this, in seconds, first waits for the event loop to be
-#: idle, so that /ping and requests already received go first.
+#: A run of a model that cannot batch, expected to take longer than this (seconds), first
+#: waits for the event loop to be idle, as batches do.
 YIELD_ABOVE = 50e-6
 
 #: Runs between two batches that measure again whether batching pays, and their rows.
@@ -102,37 +98,21 @@ class _Lane:
     together: _Estimate = field(default_factory=_Estimate)
     runs_since_batch: int = 0
 
-    def pays(self) -> bool:
-        """Whether batched runs, as last measured, cost clearly less per row than lone ones,
-        by more than queueing for them costs.
+    def batch_rows(self, max_rows: int) -> int:
+        """How many rows the next run may gather: all it may while batched runs cost clearly
+        less per row than lone ones, as last measured, else one request's.
 
         Compute-bound models (convolutions) run no faster per row in batches, and the copy
-        into one batch costs extra; the smallest models save a few microseconds at most.
+        into one batch costs extra; for them requests run one by one, with a small batch now
+        and then to measure again.
         """
-        alone, together = self.alone.per_row, self.together.per_row
-        return together < BATCH_GAIN * alone and alone - together > QUEUE_COST
-
-    def remeasuring(self) -> bool:
-        """Whether it is time for a small batch, to measure again whether batching pays."""
-        return self.runs_since_batch >= REMEASURE_EVERY
-
-    def batching(self) -> bool:
-        """Whether a request should queue to share a run: until both kinds of run are
-        measured, while batching pays, and now and then to measure again."""
-        if not self.together.per_row or not self.alone.per_row:
-            return True
-        return self.pays() or self.remeasuring()
-
-    def batch_rows(self, max_rows: int) -> int:
-        """How many rows the next run may gather: all it may while batching pays, a few when
-        measuring again, else one request's."""
         if not self.together.per_row:
             return max_rows  # measure a batch
         if not self.alone.per_row:
             return 1  # measure a request alone
-        if self.pays():
+        if self.together.per_row < BATCH_GAIN * self.alone.per_row:
             return max_rows
-        if self.remeasuring():
+        if self.runs_since_batch >= REMEASURE_EVERY:
             return min(max_rows, REMEASURE_ROWS)
         return 1
 
@@ -164,7 +144,7 @@ class GeventExecutor:
     def run(self, runner: Runner, feeds: Feeds, *, batchable: bool) -> Outputs:
         lane = self._lanes.setdefault(runner, _Lane())
         rows = _rows(feeds)
-        if not batchable or self.max_batch_rows <= 1 or not lane.batching():
+        if not batchable or self.max_batch_rows <= 1:
             if not 0 < lane.alone.per_row * rows < YIELD_ABOVE:
                 gevent.idle()  # let /ping and requests already received go first
             return self._execute(runner, lane, feeds, rows)

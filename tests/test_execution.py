@@ -13,7 +13,7 @@ from handlers.errors import InvalidInput
 from handlers.execution import Feeds
 from handlers.tensors import Outputs
 from serving.admission import FairGate
-from serving.execution import GeventExecutor, InferenceTimeout, _Estimate, _Lane
+from serving.execution import GeventExecutor, InferenceTimeout
 
 
 class Model:
@@ -286,29 +286,10 @@ def test_two_dispatchers_share_the_queue_without_losing_a_turn(widths: tuple[int
     assert time.monotonic() - started < 0.7  # one after the other would take 0.8 s
 
 
-@pytest.mark.parametrize(
-    ("alone", "together", "queues", "rows"),
-    [
-        (75e-6, 27e-6, True, 64),  # the MLP: a shared run saves 48 µs a row
-        (6e-6, 1e-6, False, 1),  # a logistic regression: 5 µs saved, less than queueing costs
-        (380e-6, 390e-6, False, 1),  # a conv net: no cheaper per row in a batch
-        (0.0, 1e-6, True, 1),  # not measured alone yet: one request
-        (6e-6, 0.0, True, 64),  # no batch measured yet: as many as may come
-    ],
-)
-def test_requests_queue_only_where_sharing_a_run_saves_more_than_queueing_costs(
-    alone: float, together: float, queues: bool, rows: int
-) -> None:
-    lane = _Lane(alone=_Estimate(alone), together=_Estimate(together))
-    assert lane.batching() is queues
-    assert lane.batch_rows(64) == rows
-    lane.runs_since_batch = 64
-    assert lane.batching()  # now and then, a small batch measures again
-    assert lane.batch_rows(64) == (rows if rows != 1 or not alone else 4)
-
-
 @pytest.mark.parametrize(("delay", "first"), [(0.002, "other"), (0.0, "run")])
-def test_a_run_that_is_not_tiny_lets_the_loop_go_first(delay: float, first: str) -> None:
+def test_a_run_of_a_model_that_cannot_batch_lets_the_loop_go_first_unless_tiny(
+    delay: float, first: str
+) -> None:
     order: list[str] = []
 
     def model(feeds: Feeds) -> Outputs:
