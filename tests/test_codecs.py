@@ -19,6 +19,7 @@ from handlers.codecs import (
     NpzCodec,
     default_codecs,
 )
+from handlers.codecs.numpy_codecs import plain_header
 from handlers.errors import InvalidInput, NotAcceptable
 from handlers.tensors import Outputs
 from tests.wire import npy_bytes
@@ -102,6 +103,62 @@ def npy_with_header(shape: tuple[int, ...], data: bytes = b"") -> bytes:
 def test_npy_with_an_impossible_shape_is_refused(shape: tuple[int, ...]) -> None:
     with pytest.raises(InvalidInput, match="impossible shape"):
         NpyCodec().decode(npy_with_header(shape))
+
+
+@pytest.mark.parametrize("fortran_order", [False, True])
+@pytest.mark.parametrize("shape", [(), (0,), (5,), (1, 3, 224, 224), (2, 0, 3), (10**6, 0)])
+@pytest.mark.parametrize("dtype", ["<f4", ">f8", "|b1", "|u1", "<i8", "<f2", "<c8", "<U3"])
+def test_the_plain_header_reader_reads_what_numpy_reads(
+    dtype: str, shape: tuple[int, ...], fortran_order: bool
+) -> None:
+    array = np.zeros(shape, dtype)
+    if fortran_order:
+        array = np.asfortranarray(array)
+    body = npy_bytes(array)
+    stream = io.BytesIO(body)
+    npy_format.read_magic(stream)
+    expected = (*npy_format.read_array_header_1_0(stream), stream.tell())
+    if len(shape) < 2:
+        expected = (expected[0], False, *expected[2:])  # numpy writes 1-D arrays as C order
+    parsed = plain_header(body)
+    if dtype in ("<c8", "<U3"):  # not a numeric or boolean dtype: numpy's reader decides
+        assert parsed is None
+    else:
+        assert parsed == expected
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "{'shape': (2, 3), 'fortran_order': False, 'descr': '<f4'}",  # other key order
+        "{'descr':'<f4','fortran_order':False,'shape':(2,3)}",  # other spacing
+    ],
+)
+def test_headers_other_writers_write_are_read_by_numpys_reader(header: str) -> None:
+    text = header.encode("latin-1")
+    padding = 64 - (10 + len(text) + 1) % 64
+    body = (
+        npy_format.MAGIC_PREFIX
+        + b"\x01\x00"
+        + (len(text) + padding + 1).to_bytes(2, "little")
+        + text
+        + b" " * padding
+        + b"\n"
+        + np.arange(6, dtype="<f4").tobytes()
+    )
+    assert plain_header(body) is None
+    np.testing.assert_array_equal(
+        NpyCodec().decode(body), np.arange(6, dtype=np.float32).reshape(2, 3)
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"\x93NUMPY", b"\x93NUMPY\x01\x00\xff\xff{'descr'", b"\x93NUMPY\x09\x00" + b" " * 60],
+)
+def test_truncated_or_unknown_headers_are_refused(body: bytes) -> None:
+    with pytest.raises(InvalidInput):
+        NpyCodec().decode(body)
 
 
 def test_encrypted_npz_member_is_refused() -> None:
@@ -225,7 +282,7 @@ def test_json_writes_arrays_orjson_cannot_take_directly() -> None:
 
 
 def test_csv_numbers_read_back_exactly() -> None:
-    generator = np.random.default_rng(5)
+    generator = np.random.default_rng(7)
     scale = 10.0 ** generator.integers(-30, 30, size=(500, 1))
     outputs = {
         "f32": (generator.normal(size=(500, 3)) * scale).astype(np.float32),
@@ -259,3 +316,17 @@ def test_csv_numbers_are_written_as_json_writes_them() -> None:
     """The shortest round-trip text, as orjson writes it ("1e-7", not numpy's "1e-07")."""
     outputs = {"f": np.array([[1e-7, 123456789.0]], np.float32), "i": np.array([-3])}
     assert CsvCodec().encode(outputs) == b"1e-7,123456790.0,-3\n"
+
+
+def test_mangled_npy_headers_decode_or_are_refused() -> None:
+    rng = np.random.default_rng(7)
+    valid = npy_bytes(np.arange(12, dtype=np.float32).reshape(3, 4))
+    for _ in range(3000):
+        body = bytearray(valid)
+        for position in rng.integers(0, 128, size=rng.integers(1, 4)):
+            body[position] = rng.choice(list(b"0123456789,() '<>|fuib{}:TrueFalse\n\x00\xff"))
+        try:
+            decoded = NpyCodec().decode(bytes(body))
+        except InvalidInput:
+            continue
+        assert isinstance(decoded, np.ndarray)

@@ -3,12 +3,17 @@
 Object arrays (which ``.npy`` stores as a pickle) are refused without being read. A ``.npy``
 body whose array is numeric is used in place, without a copy; the handler copies only if
 the model wants another dtype.
+
+The header numpy writes for a plain dtype is read with a regular expression: numpy's reader
+evaluates it as a Python literal, which took 20 µs of a small model's 0.3 ms request. Any
+other header goes to numpy's reader, which decides.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import re
 import zipfile
 from typing import Any
 
@@ -28,6 +33,18 @@ _HEADER_READERS = {
     (2, 0): npy_format.read_array_header_2_0,
 }
 
+#: Where the header starts, and how many bytes give its length, by format version.
+_HEADER_LENGTH_FIELDS = {1: (10, 2), 2: (12, 4)}
+
+#: The header numpy writes for a numeric or boolean dtype, padded with spaces to a newline:
+#: ``{'descr': '<f4', 'fortran_order': False, 'shape': (1, 3), }``.
+_PLAIN_HEADER = re.compile(
+    rb"\{'descr': '([<>|=][biuf][0-9]{1,2})', 'fortran_order': (False|True), "
+    rb"'shape': \(((?:[0-9]+, )*(?:[0-9]+,?)?)\), \} *\n"
+)
+
+Header = tuple[tuple[int, ...], bool, np.dtype[Any], int]
+
 
 def _refuse_unless_numeric(dtype: np.dtype[Any], what: str) -> None:
     if dtype.hasobject:
@@ -43,19 +60,10 @@ def _refuse_unless_numeric(dtype: np.dtype[Any], what: str) -> None:
 
 def read_npy(body: bytes | memoryview) -> Array:
     """A read-only array over ``body`` (no copy), or :class:`InvalidInput`."""
-    stream = io.BytesIO(body)
-    try:
-        version = npy_format.read_magic(stream)
-        read_header = _HEADER_READERS.get(version)
-        if read_header is None:
-            raise InvalidInput(f"application/x-npy format version {version} is not supported")
-        shape, fortran_order, dtype = read_header(stream)
-    except (ValueError, EOFError) as exc:  # bad magic, truncated or malformed header
-        raise InvalidInput(f"body is not a valid .npy array: {exc}") from exc
+    shape, fortran_order, dtype, offset = plain_header(body) or _numpy_header(body)
     _refuse_unless_numeric(dtype, ".npy array")
     if any(not isinstance(dim, int) or dim < 0 for dim in shape):
         raise InvalidInput(f".npy header declares an impossible shape {shape}")
-    offset = stream.tell()
     count = math.prod(shape)
     expected = count * dtype.itemsize
     if len(body) - offset != expected:
@@ -70,6 +78,47 @@ def read_npy(body: bytes | memoryview) -> Array:
         return flat.reshape(shape)
     except ValueError as exc:  # e.g. an empty array whose other dimensions overflow
         raise InvalidInput(f".npy header declares an impossible shape {shape}: {exc}") from exc
+
+
+def plain_header(body: bytes | memoryview) -> Header | None:
+    """Shape, Fortran order, dtype and data offset of a header as numpy writes it for a plain
+    dtype; ``None`` for any other header."""
+    if len(body) < 10 or body[:6] != npy_format.MAGIC_PREFIX:
+        return None
+    fields = _HEADER_LENGTH_FIELDS.get(body[6])
+    if fields is None:
+        return None
+    start, width = fields
+    end = start + int.from_bytes(body[start - width : start], "little")
+    match = _PLAIN_HEADER.fullmatch(bytes(body[start:end]))
+    if match is None:
+        return None
+    descr, fortran_order, dims = match.groups()
+    try:
+        dtype = np.dtype(descr.decode("ascii"))
+    except TypeError:  # no such type: numpy's reader says so
+        return None
+    shape = tuple(int(dim) for dim in dims.split(b",") if dim)
+    return shape, fortran_order == b"True", dtype, end
+
+
+def _numpy_header(body: bytes | memoryview) -> Header:
+    """The header as numpy's reader reads it, or :class:`InvalidInput`."""
+    stream = io.BytesIO(body)
+    try:
+        version = npy_format.read_magic(stream)
+        read_header = _HEADER_READERS.get(version)
+        if read_header is None:
+            raise InvalidInput(f"application/x-npy format version {version} is not supported")
+        shape, fortran_order, dtype = read_header(stream)
+    except InvalidInput:
+        raise
+    # Bad magic, a truncated or malformed header. numpy's reader evaluates the header as a
+    # Python literal and raises whatever that raises on odd input (TokenError for an unclosed
+    # bracket, TypeError for bytes keys): every one of them means the header is not valid.
+    except Exception as exc:
+        raise InvalidInput(f"body is not a valid .npy array: {exc}") from exc
+    return shape, fortran_order, dtype, stream.tell()
 
 
 class NpyCodec:
