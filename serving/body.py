@@ -1,16 +1,29 @@
-"""Reading a request body within the payload limit, straight from the server's stream."""
+"""Reading a request body within the payload limit.
+
+A body with a Content-Length is received straight into one buffer (:class:`SocketBody`):
+gunicorn's body stream copies it through several buffers and allocates a fresh megabyte for
+each ``recv``, which cost 0.55 ms of CPU for a 0.6 MB body against 0.1 ms received directly,
+half of a conv net's whole request. Chunked bodies go through gunicorn's stream.
+"""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
-from typing import IO
+from typing import IO, Any, Protocol
 
+from gunicorn.http.body import Body, LengthReader
 from gunicorn.http.errors import ParseException
+from gunicorn.http.unreader import SocketUnreader
 
 from handlers.errors import InvalidInput, PayloadTooLarge
 
 #: ``read(n)``: up to ``n`` more bytes of the body (-1: all of it).
 BodyReader = Callable[[int], bytes]
+
+
+class Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
 
 
 def body_reader(
@@ -25,13 +38,14 @@ def body_reader(
     """
     if declared is not None and limit is not None and declared > limit:
         raise PayloadTooLarge(too_large)
+    source: Readable = SocketBody.of(stream) or stream
     total = 0
 
     def read(size: int) -> bytes:
         nonlocal total
         if declared is not None:
             size = declared - total if size < 0 else min(size, declared - total)
-        data = _read(stream, size) if size else b""
+        data = _read(source, size) if size else b""
         total += len(data)
         if limit is not None and total > limit:
             raise PayloadTooLarge(too_large)
@@ -49,7 +63,7 @@ def read_whole(reader: BodyReader, limit: int | None) -> bytes:
     return reader(-1 if limit is None else limit + 1)
 
 
-def _read(stream: IO[bytes], wanted: int) -> bytes:
+def _read(stream: Readable, wanted: int) -> bytes:
     """Up to ``wanted`` bytes (all, for -1), however many reads the stream needs."""
     try:
         if wanted < 0:
@@ -61,3 +75,47 @@ def _read(stream: IO[bytes], wanted: int) -> bytes:
         return b"".join(chunks)
     except ParseException as exc:  # gunicorn's, for broken chunked framing
         raise InvalidInput(f"malformed chunked request body: {type(exc).__name__} {exc}") from exc
+
+
+class SocketBody:
+    """gunicorn's Content-Length body, received with ``recv_into`` into one buffer per read.
+
+    This reaches into gunicorn's body stream (``Body``, ``LengthReader``, ``SocketUnreader``):
+    the bytes gunicorn already received past the headers come first, anything it received past
+    the body (a pipelined next request) is handed back to it, and its count of the body bytes
+    left is kept in step, so that it reads the next request where it starts.
+    ``tests/test_body.py`` checks this against the installed gunicorn.
+    """
+
+    def __init__(self, reader: LengthReader) -> None:
+        self._reader = reader
+        unreader = reader.unreader
+        received = unreader.buf.getvalue()
+        self._received = received[: reader.length]
+        unreader.buf = io.BytesIO()
+        if len(received) > len(self._received):
+            unreader.unread(received[len(self._received) :])
+        self._socket = unreader.sock
+
+    @classmethod
+    def of(cls, stream: Any) -> SocketBody | None:
+        """A socket body for ``stream`` if it is gunicorn's untouched Content-Length body."""
+        if type(stream) is not Body or stream.buf.tell():
+            return None
+        reader = stream.reader
+        if type(reader) is not LengthReader or not isinstance(reader.unreader, SocketUnreader):
+            return None
+        return cls(reader)
+
+    def read(self, size: int = -1, /) -> bytes:
+        """Up to ``size`` bytes (-1: all that is left); fewer only if the peer stopped."""
+        size = self._reader.length if size < 0 else min(size, self._reader.length)
+        view = memoryview(bytearray(size))
+        head = self._received[:size]
+        self._received = self._received[len(head) :]
+        view[: len(head)] = head
+        got = len(head)
+        while got < size and (count := self._socket.recv_into(view[got:])):
+            got += count
+        self._reader.length -= got
+        return bytes(view[:got])

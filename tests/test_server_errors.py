@@ -273,6 +273,28 @@ def test_connections_are_kept_alive(linear_server: ServerProcess) -> None:
     assert response.headers["Connection"] == "keep-alive"
 
 
+def test_pipelined_requests_on_one_connection_each_get_their_answer(
+    linear_server: ServerProcess,
+) -> None:
+    """Requests sent back to back, before any answer: each body ends where its Content-Length
+    says, however the bytes arrive, and the next request starts right after it."""
+    bodies = [b"[[1, 2, 3, 4]]", b"[[1, 2, 3, 4], [5, 6, 7, 8]]", b"[[0, 0, 0, 1]]"]
+    requests_bytes = b"".join(
+        b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        for body in bodies
+    )
+    expected = [linear_server.post("/invocations", body, {"Content-Type": JSON}) for body in bodies]
+    with socket.create_connection(("127.0.0.1", linear_server.port), timeout=10) as conn:
+        conn.sendall(requests_bytes)
+        stream = conn.makefile("rb")
+        for want in expected:
+            head = b"".join(iter(stream.readline, b"\r\n"))
+            assert head.startswith(b"HTTP/1.1 200"), head
+            length = int(re.search(rb"Content-Length: (\d+)", head).group(1))  # type: ignore[union-attr]
+            assert stream.read(length) == want.content
+
+
 def test_a_body_shorter_than_its_content_length_is_refused(linear_server: ServerProcess) -> None:
     with socket.create_connection(("127.0.0.1", linear_server.port), timeout=10) as conn:
         conn.sendall(
