@@ -330,3 +330,24 @@ def test_mangled_npy_headers_decode_or_are_refused() -> None:
         except InvalidInput:
             continue
         assert isinstance(decoded, np.ndarray)
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(10, dtype=np.float32).reshape(1, 10),
+        np.zeros((0,), np.int64),
+        np.ones((3, 4, 5), ">f8"),
+        np.array([True, False]),
+        np.arange(6, dtype=np.float16).reshape(2, 3),
+        np.zeros((10**12, 0), np.uint8),  # a long first dimension: less growth padding
+        np.zeros((0, 10**9, 10**9), np.uint8),  # long dimensions, no data
+        np.arange(12, dtype=np.int32).reshape(3, 4)[:, ::2],  # not contiguous
+        np.asfortranarray(np.arange(12, dtype=np.float64).reshape(3, 4)),
+        np.float32(2.5),
+    ],
+)
+def test_npy_responses_are_what_np_save_writes(array: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    assert NpyCodec().encode({"y": array}) == buffer.getvalue()

@@ -6,7 +6,9 @@ the model wants another dtype.
 
 The header numpy writes for a plain dtype is read with a regular expression: numpy's reader
 evaluates it as a Python literal, which took 20 µs of a small model's 0.3 ms request. Any
-other header goes to numpy's reader, which decides.
+other header goes to numpy's reader, which decides. Responses are written the same way, byte
+for byte what ``np.save`` writes: ``np.save`` into memory copies the array through a
+buffered iterator, 45 µs for ten numbers.
 """
 
 from __future__ import annotations
@@ -121,6 +123,30 @@ def _numpy_header(body: bytes | memoryview) -> Header:
     return shape, fortran_order, dtype, stream.tell()
 
 
+def npy_bytes(array: Array) -> bytes:
+    """``array`` in the ``.npy`` format, as ``np.save`` writes it (version 1.0)."""
+    if not array.flags.c_contiguous or array.dtype.kind not in "biuf" or array.ndim == 0:
+        return _saved(array)
+    shape = array.shape
+    header = (
+        f"{{'descr': {npy_format.dtype_to_descr(array.dtype)!r}, 'fortran_order': False, "
+        f"'shape': {shape!r}, }}"
+    )
+    # numpy leaves room to grow the first dimension in place, then pads to 64 bytes.
+    header += " " * (npy_format.GROWTH_AXIS_MAX_DIGITS - len(repr(shape[0])))
+    length = len(header) + 1
+    length += npy_format.ARRAY_ALIGN - (npy_format.MAGIC_LEN + 2 + length) % npy_format.ARRAY_ALIGN
+    # At most 64 dimensions of at most 20 digits: always within version 1.0's 64 KiB header.
+    head = npy_format.magic(1, 0) + length.to_bytes(2, "little")
+    return b"".join((head, header.ljust(length - 1).encode("latin-1"), b"\n", array.data))
+
+
+def _saved(array: Array) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
 class NpyCodec:
     media_type = "application/x-npy"
 
@@ -133,9 +159,7 @@ class NpyCodec:
                 f"application/x-npy holds one array, the model has {len(outputs)} outputs "
                 f"({', '.join(outputs)}); ask for application/x-npz or application/json"
             )
-        buffer = io.BytesIO()
-        np.save(buffer, next(iter(outputs.values())), allow_pickle=False)
-        return buffer.getvalue()
+        return npy_bytes(next(iter(outputs.values())))
 
 
 class NpzCodec:
