@@ -186,8 +186,10 @@ class ServingApp:
         echoed = call.custom_attributes()
         if echoed is not None:
             headers.append((CUSTOM_ATTRIBUTES, echoed))
-        start_response(STATUS_LINES[reply.status], headers)
-        return body
+        status_line = STATUS_LINES.get(reply.status) or f"{reply.status} Unknown"
+        start_response(status_line, headers)
+        # HEAD: the headers GET would have, no body (gunicorn warns of each body it drops).
+        return () if environ["REQUEST_METHOD"] == "HEAD" else body
 
     def _route(self, call: Call) -> Reply:
         path, method = call.environ["PATH_INFO"], call.environ["REQUEST_METHOD"]

@@ -18,6 +18,9 @@ from gunicorn.http.unreader import SocketUnreader
 
 from handlers.errors import InvalidInput, PayloadTooLarge
 
+#: Most a :class:`SocketBody` allocates and reads at once, in bytes.
+MAX_READ_BYTES = 16 << 20
+
 #: ``read(n)``: up to ``n`` more bytes of the body (-1: all of it).
 BodyReader = Callable[[int], bytes]
 
@@ -96,6 +99,10 @@ class SocketBody:
         if len(received) > len(self._received):
             unreader.unread(received[len(self._received) :])
         self._socket = unreader.sock
+        #: Body bytes not yet returned; gunicorn's count is of those still in the socket, so
+        #: that a body left half read is drained from the socket, and no further.
+        self._left = reader.length
+        reader.length -= len(self._received)
 
     @classmethod
     def of(cls, stream: Any) -> SocketBody | None:
@@ -108,14 +115,16 @@ class SocketBody:
         return cls(reader)
 
     def read(self, size: int = -1, /) -> bytes:
-        """Up to ``size`` bytes (-1: all that is left); fewer only if the peer stopped."""
-        size = self._reader.length if size < 0 else min(size, self._reader.length)
-        view = memoryview(bytearray(size))
+        """Up to ``size`` bytes (-1: all that is left) and at most :data:`MAX_READ_BYTES`;
+        fewer only then, or if the peer stopped sending."""
+        size = min(self._left if size < 0 else size, self._left, MAX_READ_BYTES)
+        view = memoryview(bytearray(size))  # not the whole Content-Length at once: it may lie
         head = self._received[:size]
         self._received = self._received[len(head) :]
         view[: len(head)] = head
         got = len(head)
         while got < size and (count := self._socket.recv_into(view[got:])):
             got += count
-        self._reader.length -= got
+            self._reader.length -= count
+        self._left -= got
         return bytes(view[:got])

@@ -100,9 +100,11 @@ class AccessLogger(GunicornLogger):  # type: ignore[misc]  # gunicorn is untyped
             return
         major, minor = req.version
         milliseconds = request_time.total_seconds() * 1000
+        # gunicorn's answer to a request it refuses has a status but no status_code.
+        status = getattr(resp, "status_code", None) or str(resp.status).split(" ", 1)[0]
         access_lines.add(
             f'{environ.get("REMOTE_ADDR", "-")} "{req.method} {req.uri} HTTP/{major}.{minor}" '
-            f"{resp.status_code} {resp.sent} {milliseconds:.0f}ms"
+            f"{status} {resp.sent} {milliseconds:.0f}ms"
         )
 
 

@@ -165,6 +165,8 @@ class ServingGeventWorker(GeventWorker):  # type: ignore[misc]  # gunicorn is un
             answered = super().handle_request(listener_name, req, sock, addr)
         finally:
             sock.reading_request = False  # answered: the next byte starts a new request
+            with contextlib.suppress(OSError):  # a head with no body (HEAD): send it now
+                sock.flush()
         if not self.alive:
             # The stop began while this request ran: gunicorn only says Connection: close to
             # requests that start after it, and would keep this connection for the next.

@@ -65,6 +65,29 @@ def test_what_gunicorn_received_past_the_body_goes_back_to_it(
     assert stream.reader.unreader.read(len(NEXT)) == NEXT
 
 
+def test_a_body_left_half_read_is_drained_to_its_end_and_no_further(
+    sockets: tuple[socket.socket, socket.socket],
+) -> None:
+    client, server = sockets
+    send(client, BODY[60:100] + NEXT)
+    stream = gunicorn_body(server, 100, BODY[:60])
+    socket_body = SocketBody.of(stream)
+    assert socket_body is not None
+    assert socket_body.read(10) == BODY[:10]  # then the request failed: the rest is unread
+    assert stream.read() == BODY[60:100]  # gunicorn drains the rest of the body it knows of
+    assert stream.reader.unreader.read(len(NEXT)) == NEXT
+
+
+def test_a_large_declared_length_is_not_allocated_at_once(
+    sockets: tuple[socket.socket, socket.socket],
+) -> None:
+    client, server = sockets
+    send(client, BODY[:1000], then_close=True)
+    socket_body = SocketBody.of(gunicorn_body(server, 1 << 40, b""))  # a terabyte, it says
+    assert socket_body is not None
+    assert socket_body.read() == BODY[:1000]
+
+
 def test_reads_in_pieces_add_up_to_the_body(sockets: tuple[socket.socket, socket.socket]) -> None:
     client, server = sockets
     send(client, BODY[100:])

@@ -127,25 +127,24 @@ def test_the_plain_header_reader_reads_what_numpy_reads(
         assert parsed == expected
 
 
+def header_only(header: str, minor: int = 0) -> bytes:
+    """A version 1 ``.npy`` header holding ``header``, padded as numpy pads it."""
+    text = header.encode("latin-1")
+    padding = 64 - (10 + len(text) + 1) % 64
+    length = (len(text) + padding + 1).to_bytes(2, "little")
+    return npy_format.MAGIC_PREFIX + bytes([1, minor]) + length + text + b" " * padding + b"\n"
+
+
 @pytest.mark.parametrize(
     "header",
     [
         "{'shape': (2, 3), 'fortran_order': False, 'descr': '<f4'}",  # other key order
         "{'descr':'<f4','fortran_order':False,'shape':(2,3)}",  # other spacing
+        "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3,), }",  # a trailing comma
     ],
 )
 def test_headers_other_writers_write_are_read_by_numpys_reader(header: str) -> None:
-    text = header.encode("latin-1")
-    padding = 64 - (10 + len(text) + 1) % 64
-    body = (
-        npy_format.MAGIC_PREFIX
-        + b"\x01\x00"
-        + (len(text) + padding + 1).to_bytes(2, "little")
-        + text
-        + b" " * padding
-        + b"\n"
-        + np.arange(6, dtype="<f4").tobytes()
-    )
+    body = header_only(header) + np.arange(6, dtype="<f4").tobytes()
     assert plain_header(body) is None
     np.testing.assert_array_equal(
         NpyCodec().decode(body), np.arange(6, dtype=np.float32).reshape(2, 3)
@@ -154,7 +153,16 @@ def test_headers_other_writers_write_are_read_by_numpys_reader(header: str) -> N
 
 @pytest.mark.parametrize(
     "body",
-    [b"", b"\x93NUMPY", b"\x93NUMPY\x01\x00\xff\xff{'descr'", b"\x93NUMPY\x09\x00" + b" " * 60],
+    [
+        b"",
+        b"\x93NUMPY",
+        b"\x93NUMPY\x01\x00\xff\xff{'descr'",  # a header longer than the body
+        b"\x93NUMPY\x09\x00" + b" " * 60,  # an unknown version
+        header_only("{'descr': '<f4', 'fortran_order': False, 'shape': (3), }"),
+        header_only("{'descr': '<f4', 'fortran_order': False, 'shape': (003,), }"),
+        header_only("{'descr': '<f4', 'fortran_order': False, 'shape': (%s,), }" % ("9" * 5000)),
+        header_only("{'descr': '<f4', 'fortran_order': False, 'shape': (0,), }", minor=9),
+    ],
 )
 def test_truncated_or_unknown_headers_are_refused(body: bytes) -> None:
     with pytest.raises(InvalidInput):

@@ -185,10 +185,14 @@ def test_unknown_routes_and_methods_answer_json(linear_server: ServerProcess) ->
     assert_error(linear_server.session.put(linear_server.url("/ping"), timeout=30), 405, "PUT")
 
 
-def test_head_ping(linear_server: ServerProcess) -> None:
-    response = linear_server.session.head(linear_server.url("/ping"), timeout=30)
-    assert response.status_code == 200
-    assert response.content == b""
+def test_head_requests_get_the_headers_alone(linear_server: ServerProcess) -> None:
+    for path, status in [("/ping", 200), ("/execution-parameters", 200), ("/nowhere", 404)]:
+        response = linear_server.session.head(linear_server.url(path), timeout=30)
+        assert response.status_code == status
+        assert response.content == b""
+    parameters = linear_server.session.head(linear_server.url("/execution-parameters"))
+    assert int(parameters.headers["Content-Length"]) > 0  # what GET would send
+    assert "dropping per RFC 9110" not in linear_server.log()  # gunicorn had nothing to drop
 
 
 CUSTOM = "X-Amzn-SageMaker-Custom-Attributes"
@@ -315,6 +319,11 @@ def test_a_body_shorter_than_its_content_length_is_refused(linear_server: Server
         (b"POST /invocations HTTP/9.9\r\nHost: x\r\n\r\n", 400, "HTTP Version"),
         (b"BR\x00KEN / HTTP/1.1\r\n\r\n", 400, "Method"),
         (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 414, "URI Too Long"),
+        (
+            b"POST /invocations HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+            400,
+            "TRANSFER",
+        ),
     ],
 )
 def test_requests_the_http_parser_refuses_get_json_too(

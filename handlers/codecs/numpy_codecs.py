@@ -38,11 +38,15 @@ _HEADER_READERS = {
 #: Where the header starts, and how many bytes give its length, by format version.
 _HEADER_LENGTH_FIELDS = {1: (10, 2), 2: (12, 4)}
 
+#: A dimension as numpy writes it: no leading zeros, at most 19 digits (int64).
+_DIM = rb"(?:0|[1-9][0-9]{0,18})"
+
 #: The header numpy writes for a numeric or boolean dtype, padded with spaces to a newline:
-#: ``{'descr': '<f4', 'fortran_order': False, 'shape': (1, 3), }``.
+#: ``{'descr': '<f4', 'fortran_order': False, 'shape': (1, 3), }``; the shape is ``()``,
+#: ``(n,)`` or ``(n, m, ...)``.
 _PLAIN_HEADER = re.compile(
     rb"\{'descr': '([<>|=][biuf][0-9]{1,2})', 'fortran_order': (False|True), "
-    rb"'shape': \(((?:[0-9]+, )*(?:[0-9]+,?)?)\), \} *\n"
+    rb"'shape': \((|" + _DIM + rb",|" + _DIM + rb"(?:, " + _DIM + rb")+)\), \} *\n"
 )
 
 Header = tuple[tuple[int, ...], bool, np.dtype[Any], int]
@@ -85,7 +89,7 @@ def read_npy(body: bytes | memoryview) -> Array:
 def plain_header(body: bytes | memoryview) -> Header | None:
     """Shape, Fortran order, dtype and data offset of a header as numpy writes it for a plain
     dtype; ``None`` for any other header."""
-    if len(body) < 10 or body[:6] != npy_format.MAGIC_PREFIX:
+    if len(body) < 10 or body[:6] != npy_format.MAGIC_PREFIX or body[7] != 0:
         return None
     fields = _HEADER_LENGTH_FIELDS.get(body[6])
     if fields is None:
