@@ -20,6 +20,7 @@ from werkzeug.sansio.utils import get_content_length
 from werkzeug.wsgi import wrap_file
 
 from handlers import Handler, HandlerConfig, InvocationContext, load_handler_class
+from handlers.base import CUSTOM_ATTRIBUTES
 from handlers.codecs import CodecPluginError, CodecRegistry, installed_codecs
 from handlers.codecs.numpy_codecs import MAX_NPZ_EXPANDED_BYTES
 from handlers.errors import ModelLoadError, NotReady, ServingError
@@ -40,8 +41,7 @@ log = logging.getLogger(__name__)
 HandlerFactory = Callable[[], Handler]
 
 #: X-Amzn-SageMaker-Custom-Attributes, as WSGI names request headers.
-CUSTOM_ATTRIBUTES_KEY = "HTTP_X_AMZN_SAGEMAKER_CUSTOM_ATTRIBUTES"
-CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
+CUSTOM_ATTRIBUTES_KEY = "HTTP_" + CUSTOM_ATTRIBUTES.upper().replace("-", "_")
 
 #: What a chunked body (no Content-Length) counts for in admission, in bytes.
 UNKNOWN_BODY_WEIGHT = 1 << 20
