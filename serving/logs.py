@@ -100,8 +100,9 @@ class AccessLogger(GunicornLogger):  # type: ignore[misc]  # gunicorn is untyped
             return
         major, minor = req.version
         milliseconds = request_time.total_seconds() * 1000
-        # gunicorn's answer to a request it refuses has a status but no status_code.
-        status = getattr(resp, "status_code", None) or str(resp.status).split(" ", 1)[0]
+        # As gunicorn's own access log reads it: its answer to a request it refuses has a
+        # status line but no status_code.
+        status = str(resp.status).split(None, 1)[0]
         access_lines.add(
             f'{environ.get("REMOTE_ADDR", "-")} "{req.method} {req.uri} HTTP/{major}.{minor}" '
             f"{status} {resp.sent} {milliseconds:.0f}ms"

@@ -35,9 +35,6 @@ _HEADER_READERS = {
     (2, 0): npy_format.read_array_header_2_0,
 }
 
-#: Where the header starts, and how many bytes give its length, by format version.
-_HEADER_LENGTH_FIELDS = {1: (10, 2), 2: (12, 4)}
-
 #: A dimension as numpy writes it: no leading zeros, at most 19 digits (int64).
 _DIM = rb"(?:0|[1-9][0-9]{0,18})"
 
@@ -88,15 +85,11 @@ def read_npy(body: bytes | memoryview) -> Array:
 
 def plain_header(body: bytes | memoryview) -> Header | None:
     """Shape, Fortran order, dtype and data offset of a header as numpy writes it for a plain
-    dtype; ``None`` for any other header."""
-    if len(body) < 10 or body[:6] != npy_format.MAGIC_PREFIX or body[7] != 0:
+    dtype (format version 1.0, the only one it writes for them); ``None`` for any other."""
+    if body[:8] != npy_format.MAGIC_PREFIX + b"\x01\x00" or len(body) < 10:
         return None
-    fields = _HEADER_LENGTH_FIELDS.get(body[6])
-    if fields is None:
-        return None
-    start, width = fields
-    end = start + int.from_bytes(body[start - width : start], "little")
-    match = _PLAIN_HEADER.fullmatch(bytes(body[start:end]))
+    end = 10 + int.from_bytes(body[8:10], "little")
+    match = _PLAIN_HEADER.fullmatch(bytes(body[10:end]))
     if match is None:
         return None
     descr, fortran_order, dims = match.groups()
