@@ -10,6 +10,7 @@ whole server instead of reporting healthy.
 from __future__ import annotations
 
 import gc
+import itertools
 import logging
 import os
 import sys
@@ -61,6 +62,7 @@ class ServingApplication(BaseApplication):  # type: ignore[misc]  # gunicorn is 
     def load_config(self) -> None:
         options = gunicorn_options(self.settings)
         options["on_starting"] = self.on_starting
+        options["pre_fork"] = self.pre_fork
         options["post_fork"] = self.post_fork
         options["post_worker_init"] = self.post_worker_init
         for key, value in options.items():
@@ -77,10 +79,15 @@ class ServingApplication(BaseApplication):  # type: ignore[misc]  # gunicorn is 
             log.error("invalid configuration: %s", exc)
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
 
+    def pre_fork(self, arbiter: Arbiter, worker: Any) -> None:
+        """Give the worker the lowest slot no live worker holds, in the master: a replacement
+        takes the slot, and so the GPU, of the worker it replaces. (gunicorn's ``age`` only
+        grows, so replacements numbered by it could pile onto one GPU.)"""
+        taken = {getattr(live, "slot", None) for live in arbiter.WORKERS.values()}
+        worker.slot = next(slot for slot in itertools.count() if slot not in taken)
+
     def post_fork(self, arbiter: Arbiter, worker: Any) -> None:
-        # gunicorn numbers workers from 1 as it starts them (replacements too): spreading
-        # workers across GPUs by it keeps a replaced worker's successor balanced.
-        self.worker_index = worker.age - 1
+        self.worker_index = worker.slot
 
     def on_starting(self, arbiter: Arbiter) -> None:
         log.info("configuration: %s", self.settings.describe())

@@ -1,9 +1,13 @@
-"""The worker's client socket: a response's head goes out with the first body bytes."""
+"""The worker's client socket (a response's head goes out with the first body bytes), and
+the slot each worker is given."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
+from serving import Settings
+from serving.server import ServingApplication
 from serving.worker import HEAD_WITH_BODY_BYTES, _TrackedSocket
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
@@ -75,3 +79,19 @@ def test_other_writes_go_out_as_they_come() -> None:
     sock.sendall(error)
     sock.sendall(b"more")
     assert underneath.calls == [("sendall", error), ("sendall", b"more")]
+
+
+def test_a_replacement_worker_takes_the_slot_of_the_one_it_replaces() -> None:
+    application = ServingApplication(Settings.from_sources({}, cpus=1))
+    arbiter = SimpleNamespace(WORKERS={})
+    for pid in (101, 102, 103, 104):  # four workers start: slots 0 to 3
+        worker = SimpleNamespace()
+        application.pre_fork(arbiter, worker)
+        arbiter.WORKERS[pid] = worker
+    assert [w.slot for w in arbiter.WORKERS.values()] == [0, 1, 2, 3]
+    del arbiter.WORKERS[102]  # slot 1 died
+    replacement = SimpleNamespace()
+    application.pre_fork(arbiter, replacement)
+    assert replacement.slot == 1  # so worker n still uses GPU n mod the GPUs
+    application.post_fork(arbiter, replacement)
+    assert application.worker_index == 1
