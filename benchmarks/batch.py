@@ -30,10 +30,10 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from run import wait_healthy  # noqa: E402
+from run import pin, wait_healthy  # noqa: E402
 
 from serving.settings import Settings  # noqa: E402
-from tests.server import free_port  # noqa: E402
+from tests.server import ServerProcess, free_port  # noqa: E402
 
 SERVER_CPU, CLIENT_CPU = 0, 1
 MODEL_DIR = ROOT / "examples" / "iris" / "model"
@@ -75,12 +75,6 @@ def status_kb(pid: int, field: str) -> int:
     return int(match.group(1))
 
 
-def worker_pid(master: int) -> int:
-    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
-    assert len(children) == 1, children
-    return int(children[0])
-
-
 def through_server(label: str, body: bytes, rows: int, chunk_mb: float, log: Path) -> Result:
     """POST ``body`` to a fresh server; the fastest of three posts, the worker's peak RSS."""
     port = free_port()
@@ -94,11 +88,11 @@ def through_server(label: str, body: bytes, rows: int, chunk_mb: float, log: Pat
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env=environ,
-            preexec_fn=lambda: os.sched_setaffinity(0, {SERVER_CPU}),
+            preexec_fn=pin(SERVER_CPU),
         )
     try:
         wait_healthy(port, process)
-        worker = worker_pid(process.pid)
+        (worker,) = ServerProcess(process, port, log).worker_pids()
         idle = status_kb(worker, "VmRSS") / 1024
         times = []
         for _ in range(3):
@@ -160,7 +154,7 @@ def in_process(label: str, script: str, data: Path, rows: int, body_mb: float) -
         check=True,
         capture_output=True,
         text=True,
-        preexec_fn=lambda: os.sched_setaffinity(0, {SERVER_CPU}),
+        preexec_fn=pin(SERVER_CPU),
     ).stdout.split()
     return Result(label, rows, body_mb, float(output[0]), float(output[1]))
 

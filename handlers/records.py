@@ -59,15 +59,10 @@ def line_chunks(read: Callable[[int], bytes], chunk_bytes: int) -> Iterator[byte
         yield b"".join(pending)
 
 
-#: By default, encoded answers larger than this wait in a temporary file (``TMPDIR``, else
-#: /tmp), not in the worker's memory.
-SPOOL_BYTES = 8 << 20
-
-
 class Answers:
     """A response body built in order: parts in memory, or a temporary file once large."""
 
-    def __init__(self, media_type: str, spool_bytes: int = SPOOL_BYTES) -> None:
+    def __init__(self, media_type: str, spool_bytes: int) -> None:
         self.media_type = media_type
         self.parts: list[bytes] = []
         self.file: BinaryIO | None = None
@@ -106,8 +101,8 @@ class RecordChunks:
         handler: Handler,
         context: InvocationContext,
         *,
+        spool_bytes: int,
         placeholders: bool = False,
-        spool_bytes: int = SPOOL_BYTES,
     ) -> None:
         self.handler = handler
         self.context = context

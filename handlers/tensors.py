@@ -18,6 +18,11 @@ Inputs: TypeAlias = Array | dict[str, Array]
 #: What a handler returns: arrays by output name, in the model's output order.
 Outputs: TypeAlias = dict[str, Array]
 
+#: Default for the most bytes the arrays of one body may expand to once decoded: compressed
+#: ``.npz`` members, or a RecordIO sparse tensor's claimed shape, could otherwise take far more
+#: memory than the body limit suggests. The server sets it from the body limit.
+MAX_EXPANDED_BYTES = 1 << 30
+
 #: numpy kinds a request may carry: bool, signed and unsigned integers, floats.
 NUMERIC_KINDS = frozenset("biuf")
 

@@ -22,9 +22,9 @@ from werkzeug.wsgi import wrap_file
 from handlers import Handler, HandlerConfig, InvocationContext, load_handler_class
 from handlers.base import CUSTOM_ATTRIBUTES
 from handlers.codecs import CodecPluginError, CodecRegistry, installed_codecs
-from handlers.codecs.numpy_codecs import MAX_NPZ_EXPANDED_BYTES
 from handlers.errors import ModelLoadError, NotReady, ServingError
 from handlers.records import Answers, RecordChunks, answers_in_chunks, line_chunks
+from handlers.tensors import MAX_EXPANDED_BYTES
 
 from .admission import FairGate
 from .body import body_reader, read_whole
@@ -80,7 +80,7 @@ def handler_config(
 
 def decoded_size_limit(settings: Settings) -> int:
     limit = settings.max_payload_bytes
-    return DECODED_SIZE_FACTOR * limit if limit is not None else MAX_NPZ_EXPANDED_BYTES
+    return DECODED_SIZE_FACTOR * limit if limit is not None else MAX_EXPANDED_BYTES
 
 
 class ModelState:

@@ -350,6 +350,7 @@ def test_mangled_npy_headers_decode_or_are_refused() -> None:
         np.arange(6, dtype=np.float16).reshape(2, 3),
         np.zeros((10**12, 0), np.uint8),  # a long first dimension: less growth padding
         np.zeros((0, 10**9, 10**9), np.uint8),  # long dimensions, no data
+        np.zeros((1,) * 16, np.uint8),  # a header that numpy's padding takes past 128 bytes
         np.arange(12, dtype=np.int32).reshape(3, 4)[:, ::2],  # not contiguous
         np.asfortranarray(np.arange(12, dtype=np.float64).reshape(3, 4)),
         np.float32(2.5),

@@ -78,6 +78,18 @@ def test_one_output_line_per_input_line(
     np.testing.assert_allclose(read_csv(response.content), expected, rtol=1e-6, atol=1e-7)
 
 
+def test_answers_kept_in_memory_say_their_length(
+    chunking_server: ServerProcess, linear_model: Path
+) -> None:
+    values = table(3)  # answers under the spool limit: sent from memory, in parts
+    response = chunking_server.post("/invocations", csv_body(values), CSV)
+    assert response.status_code == 200, response.text
+    assert "Transfer-Encoding" not in response.headers
+    assert int(response.headers["Content-Length"]) == len(response.content)
+    expected = run_onnxruntime(linear_model, {"x": values})["y"]
+    np.testing.assert_allclose(read_csv(response.content), expected, rtol=1e-6, atol=1e-7)
+
+
 def test_a_chunked_request_body(chunking_server: ServerProcess, linear_model: Path) -> None:
     values = table(3_000)
     body = csv_body(values) + b"\n"

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
+from ..tensors import MAX_EXPANDED_BYTES
 from .csv_codec import CsvCodec
 from .json_codecs import JsonCodec, JsonLinesCodec
-from .numpy_codecs import MAX_NPZ_EXPANDED_BYTES, NpyCodec, NpzCodec
+from .numpy_codecs import NpyCodec, NpzCodec
 from .plugins import CODEC_GROUP, CodecPluginError, register_codec_plugins
 from .recordio import RecordIOCodec
 from .registry import CodecRegistry, Decoder, DuplicateMediaType, Encoder
 
 
-def default_codecs(max_expanded_bytes: int = MAX_NPZ_EXPANDED_BYTES) -> CodecRegistry:
+def default_codecs(max_expanded_bytes: int = MAX_EXPANDED_BYTES) -> CodecRegistry:
     """A new registry holding the built-in codecs, JSON first.
 
     ``max_expanded_bytes`` bounds what one body may expand to: a compressed ``.npz``
@@ -38,7 +39,7 @@ def default_codecs(max_expanded_bytes: int = MAX_NPZ_EXPANDED_BYTES) -> CodecReg
 
 
 def installed_codecs(
-    max_expanded_bytes: int = MAX_NPZ_EXPANDED_BYTES, names: Collection[str] | None = None
+    max_expanded_bytes: int = MAX_EXPANDED_BYTES, names: Collection[str] | None = None
 ) -> CodecRegistry:
     """The built-in codecs plus those of installed plugins (all, or those ``names`` names;
     see :mod:`.plugins`)."""

@@ -21,17 +21,12 @@ from typing import Any, NoReturn
 import numpy as np
 
 from ..errors import InvalidInput, NotAcceptable
-from ..tensors import Array, Inputs, Outputs
+from ..tensors import MAX_EXPANDED_BYTES, Array, Inputs, Outputs
 from .json_codecs import record_count
 
 MAGIC = 0xCED7230A
 _HEADER = struct.Struct("<II")
 _PADDING = [b"\0" * size for size in range(4)]
-
-#: Default for the most bytes the tensors of one body may expand to once dense (a sparse
-#: tensor's ``shape`` can claim far more than its body holds); the server sets it from the
-#: body limit, as for ``.npz``.
-MAX_EXPANDED_BYTES = 1 << 30
 
 #: The most dimensions one record's tensor may have (numpy 1.x allows 32, with the batch).
 MAX_RECORD_DIMS = 31
