@@ -21,6 +21,9 @@ from handlers.errors import InvalidInput, PayloadTooLarge
 #: Most a :class:`SocketBody` allocates and reads at once, in bytes.
 MAX_READ_BYTES = 16 << 20
 
+#: Size of the reads that drop a body nobody read.
+DRAIN_READ_BYTES = 64 << 10
+
 #: ``read(n)``: up to ``n`` more bytes of the body (-1: all of it).
 BodyReader = Callable[[int], bytes]
 
@@ -81,43 +84,36 @@ def _read(stream: Readable, wanted: int) -> bytes:
 
 
 class SocketBody:
-    """gunicorn's Content-Length body, received with ``recv_into`` into one buffer per read.
+    """A Content-Length body received with ``recv_into`` into one buffer per read: the bytes
+    already received with the request's head come first, then the socket's.
 
-    This reaches into gunicorn's body stream (``Body``, ``LengthReader``, ``SocketUnreader``):
-    the bytes gunicorn already received past the headers come first, anything it received past
-    the body (a pipelined next request) is handed back to it, and its count of the body bytes
-    left is kept in step, so that it reads the next request where it starts.
-    ``tests/test_body.py`` checks this against the installed gunicorn.
+    The worker's own HTTP/1.1 loop (:mod:`serving.http1`) builds one for each request it
+    serves; :meth:`of` adapts gunicorn's body stream for the requests gunicorn serves.
     """
 
-    def __init__(self, reader: LengthReader) -> None:
-        self._reader = reader
-        unreader = reader.unreader
-        received = unreader.buf.getvalue()
-        self._received = received[: reader.length]
-        unreader.buf = io.BytesIO()
-        if len(received) > len(self._received):
-            unreader.unread(received[len(self._received) :])
-        self._socket = unreader.sock
-        #: Body bytes not yet returned; gunicorn's count is of those still in the socket, so
-        #: that a body left half read is drained from the socket, and no further.
-        self._left = reader.length
-        reader.length -= len(self._received)
+    def __init__(self, received: bytes, sock: Any, length: int) -> None:
+        self._received = received[:length]
+        self._socket = sock
+        #: Body bytes not yet returned.
+        self.left = length
 
     @classmethod
     def of(cls, stream: Any) -> SocketBody | None:
-        """A socket body for ``stream`` if it is gunicorn's untouched Content-Length body."""
+        """``stream`` itself if it is a socket body; one over gunicorn's stream if that is
+        gunicorn's untouched Content-Length body; else ``None``."""
+        if isinstance(stream, SocketBody):
+            return stream
         if type(stream) is not Body or stream.buf.tell():
             return None
         reader = stream.reader
         if type(reader) is not LengthReader or not isinstance(reader.unreader, SocketUnreader):
             return None
-        return cls(reader)
+        return _GunicornSocketBody(reader)
 
     def read(self, size: int = -1, /) -> bytes:
         """Up to ``size`` bytes (-1: all that is left) and at most :data:`MAX_READ_BYTES`;
         fewer only then, or if the peer stopped sending."""
-        size = min(self._left if size < 0 else size, self._left, MAX_READ_BYTES)
+        size = min(self.left if size < 0 else size, self.left, MAX_READ_BYTES)
         view = memoryview(bytearray(size))  # not the whole Content-Length at once: it may lie
         head = self._received[:size]
         self._received = self._received[len(head) :]
@@ -125,6 +121,47 @@ class SocketBody:
         got = len(head)
         while got < size and (count := self._socket.recv_into(view[got:])):
             got += count
-            self._reader.length -= count
-        self._left -= got
+            self._received_from_socket(count)
+        self.left -= got
         return bytes(view[:got])
+
+    def drain(self) -> bool:
+        """Read and drop what is left of the body; ``False`` if the peer stopped sending first."""
+        self.left -= len(self._received)
+        self._received = b""
+        scratch = memoryview(bytearray(min(self.left, DRAIN_READ_BYTES)))
+        while self.left:
+            count = self._socket.recv_into(scratch[: self.left])
+            if not count:
+                return False
+            self._received_from_socket(count)
+            self.left -= count
+        return True
+
+    def _received_from_socket(self, count: int) -> None:
+        """Note ``count`` more body bytes taken from the socket."""
+
+
+class _GunicornSocketBody(SocketBody):
+    """gunicorn's Content-Length body, taken over from its stream (``Body``, ``LengthReader``,
+    ``SocketUnreader``).
+
+    Anything gunicorn received past the body (a pipelined next request) is handed back to it,
+    and its count of the body bytes left is kept in step, so that it reads the next request
+    where it starts. ``tests/test_body.py`` checks this against the installed gunicorn.
+    """
+
+    def __init__(self, reader: LengthReader) -> None:
+        unreader = reader.unreader
+        received = unreader.buf.getvalue()
+        super().__init__(received, unreader.sock, reader.length)
+        unreader.buf = io.BytesIO()
+        if len(received) > reader.length:
+            unreader.unread(received[reader.length :])
+        self._reader = reader
+        # gunicorn's count is of the body bytes still in the socket, so that a body left half
+        # read is drained from the socket, and no further.
+        reader.length -= len(self._received)
+
+    def _received_from_socket(self, count: int) -> None:
+        self._reader.length -= count

@@ -94,18 +94,29 @@ class AccessLogger(GunicornLogger):  # type: ignore[misc]  # gunicorn is untyped
     log_pings = False
 
     def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: timedelta) -> None:
-        if not self.access_log.isEnabledFor(logging.INFO):
-            return
-        if req.path == "/ping" and not self.log_pings:
-            return
+        """gunicorn's call, for the requests it serves itself."""
         major, minor = req.version
-        milliseconds = request_time.total_seconds() * 1000
         # As gunicorn's own access log reads it: its answer to a request it refuses has a
         # status line but no status_code.
-        status = str(resp.status).split(None, 1)[0]
+        self.served(
+            environ.get("REMOTE_ADDR", "-"),
+            f"{req.method} {req.uri} HTTP/{major}.{minor}",
+            req.path,
+            str(resp.status),
+            resp.sent,
+            request_time.total_seconds(),
+        )
+
+    def served(
+        self, remote: str, request_line: str, path: str, status: str, sent: int, seconds: float
+    ) -> None:
+        """Write the line for one answered request (``status``: the status line)."""
+        if not self.access_log.isEnabledFor(logging.INFO):
+            return
+        if path == "/ping" and not self.log_pings:
+            return
         access_lines.add(
-            f'{environ.get("REMOTE_ADDR", "-")} "{req.method} {req.uri} HTTP/{major}.{minor}" '
-            f"{status} {resp.sent} {milliseconds:.0f}ms"
+            f'{remote} "{request_line}" {status.split(None, 1)[0]} {sent} {seconds * 1000:.0f}ms'
         )
 
 

@@ -1,5 +1,5 @@
-"""gunicorn's gevent worker, made to stop promptly, to answer unparsable requests in JSON and
-to send a response's head and body in one write.
+"""gunicorn's gevent worker, serving plain requests with its own HTTP/1.1 loop
+(:mod:`serving.http1`), made to stop promptly and to answer unparsable requests in JSON.
 
 On SIGTERM the stock worker stops accepting and waits for every open connection, and an idle
 keep-alive connection (which SageMaker's front end keeps open) only ends when its keep-alive
@@ -12,6 +12,7 @@ connections close right after the response.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import socket
@@ -23,58 +24,33 @@ import gevent
 from gunicorn import util as gunicorn_util
 from gunicorn.workers.ggevent import GeventWorker
 
+from .http1 import HandOver, Http11Loop
 from .logs import ACCESS_FLUSH_SECONDS, access_lines
 
 STOP_POLL_SECONDS = 0.1
 
-#: Largest body write a held response head is joined to; larger ones are sent after it on
-#: their own, rather than copied to join them.
-HEAD_WITH_BODY_BYTES = 64 * 1024
-
 
 class _TrackedSocket:
-    """A client socket that notes when bytes of a request have been read from it, and sends a
-    response's head together with its first body bytes.
-
-    gunicorn writes a response's head and its body in two ``sendall`` calls; through gevent,
-    each costs a ``getsockopt`` and a ``send`` system call, and the client gets two segments.
-    The head is held until the body's first write and sent with it, or on its own before any
-    other write and when its request ends (``handle_request``): about 10% less CPU per request
-    for a small model.
-    """
+    """A client socket that notes when bytes of a request have been read from it, and gives
+    back first the bytes :meth:`unread` put back."""
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self.reading_request = False
         self.closing = False
-        self._head = b""
+        self._unread = b""
 
-    def sendall(self, data: bytes) -> None:
-        if not self._head and data.startswith(b"HTTP/") and data.endswith(b"\r\n\r\n"):
-            self._head = data  # a response head: the body follows
-            return
-        if self._head and len(data) <= HEAD_WITH_BODY_BYTES:
-            data, self._head = self._head + data, b""
-        self.flush()
-        self._sock.sendall(data)
+    def unread(self, data: bytes) -> None:
+        """Have the next reads return ``data`` before anything more from the socket."""
+        self._unread = data + self._unread
+        self.reading_request = self.reading_request or bool(data)
 
-    def flush(self) -> None:
-        """Send a held response head."""
-        if self._head:
-            head, self._head = self._head, b""
-            self._sock.sendall(head)
-
-    def send(self, *args: Any) -> int:
-        self.flush()
-        return self._sock.send(*args)
-
-    def sendfile(self, *args: Any, **kwargs: Any) -> int:
-        self.flush()
-        return self._sock.sendfile(*args, **kwargs)
-
-    def recv(self, *args: Any) -> bytes:
+    def recv(self, size: int, *args: Any) -> bytes:
+        if self._unread:
+            data, self._unread = self._unread[:size], self._unread[size:]
+            return data
         try:
-            data: bytes = self._sock.recv(*args)
+            data = self._sock.recv(size, *args)
         except OSError:
             if self.closing:  # gevent cancels the wait with EBADF: the end, not an error
                 return b""
@@ -82,9 +58,13 @@ class _TrackedSocket:
         self.reading_request = self.reading_request or bool(data)
         return data
 
-    def recv_into(self, *args: Any) -> int:
+    def recv_into(self, buffer: Any, size: int = 0, *args: Any) -> int:
+        if self._unread:
+            size = min(size or len(buffer), len(self._unread))
+            buffer[:size], self._unread = self._unread[:size], self._unread[size:]
+            return size
         try:
-            count: int = self._sock.recv_into(*args)
+            count: int = self._sock.recv_into(buffer, size, *args)
         except OSError:
             if self.closing:
                 return 0
@@ -129,6 +109,7 @@ class ServingGeventWorker(GeventWorker):  # type: ignore[misc]  # gunicorn is un
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._connections: set[_TrackedSocket] = set()
+        self._loop: Http11Loop | None = None
 
     def init_process(self) -> None:
         # gunicorn answers a request it cannot parse (bad request line, Content-Length,
@@ -136,6 +117,11 @@ class ServingGeventWorker(GeventWorker):  # type: ignore[misc]  # gunicorn is un
         # in this worker process, that function writes our JSON instead.
         gunicorn_util.write_error = write_json_error
         super().init_process()
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        if Http11Loop.serves(self.cfg):
+            self._loop = Http11Loop(self)
 
     def run(self) -> None:
         gevent.spawn(self._close_idle_connections_on_stop)
@@ -149,6 +135,19 @@ class ServingGeventWorker(GeventWorker):  # type: ignore[misc]  # gunicorn is un
         tracked = _TrackedSocket(client)
         self._connections.add(tracked)
         try:
+            if self._loop is not None:
+                try:
+                    self._loop.serve(tracked, addr, listener.getsockname())
+                    return
+                except HandOver as hand_over:
+                    tracked.unread(hand_over.received)
+                except OSError as exc:
+                    if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
+                        self.log.exception("Socket error processing request.")
+                    return
+                except Exception:  # e.g. a body that failed midway: the connection ends
+                    self.log.exception("Error handling request")
+                    return
             super().handle(listener, tracked, addr)
         finally:
             self._connections.discard(tracked)
@@ -158,8 +157,6 @@ class ServingGeventWorker(GeventWorker):  # type: ignore[misc]  # gunicorn is un
             answered = super().handle_request(listener_name, req, sock, addr)
         finally:
             sock.reading_request = False  # answered: the next byte starts a new request
-            with contextlib.suppress(OSError):  # a head with no body (HEAD), or the peer gone
-                sock.flush()
         if not self.alive:
             # The stop began while this request ran: gunicorn only says Connection: close to
             # requests that start after it, and would keep this connection for the next.

@@ -1,84 +1,49 @@
-"""The worker's client socket (a response's head goes out with the first body bytes), and
-the slot each worker is given."""
+"""The worker's client socket (bytes put back are read first), and the slot each worker is
+given."""
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterator
 from types import SimpleNamespace
-from typing import Any
+
+import pytest
 
 from serving import Settings
 from serving.server import ServingApplication
-from serving.worker import HEAD_WITH_BODY_BYTES, _TrackedSocket
-
-HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
+from serving.worker import _TrackedSocket
 
 
-class RecordingSocket:
-    """What was done to the socket underneath, in order."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, Any]] = []
-
-    def sendall(self, data: bytes) -> None:
-        self.calls.append(("sendall", data))
-
-    def send(self, data: bytes) -> int:
-        self.calls.append(("send", data))
-        return len(data)
-
-    def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
-        self.calls.append(("sendfile", count))
-        return count or 0
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, _TrackedSocket]]:
+    client, server = socket.socketpair()
+    server.settimeout(5)
+    with client, server:
+        yield client, _TrackedSocket(server)
 
 
-def tracked() -> tuple[_TrackedSocket, RecordingSocket]:
-    underneath = RecordingSocket()
-    return _TrackedSocket(underneath), underneath  # type: ignore[arg-type]
+def test_bytes_put_back_are_read_before_the_socket_s(
+    pair: tuple[socket.socket, _TrackedSocket],
+) -> None:
+    client, sock = pair
+    assert sock.idle()  # nothing read, nothing waiting
+    sock.unread(b"put back")
+    assert not sock.idle()  # a request has begun
+    client.sendall(b"from the socket")
+    assert sock.recv(3) == b"put"
+    buffer = bytearray(100)
+    assert sock.recv_into(buffer) == 5
+    assert buffer[:5] == b" back"
+    assert sock.recv(100) == b"from the socket"
 
 
-def test_a_head_and_a_small_body_go_out_in_one_write() -> None:
-    sock, underneath = tracked()
-    sock.sendall(HEAD)
-    assert underneath.calls == []
-    sock.sendall(b"hello")
-    assert underneath.calls == [("sendall", HEAD + b"hello")]
-
-
-def test_a_large_body_follows_its_head_without_a_copy() -> None:
-    sock, underneath = tracked()
-    body = b"x" * (HEAD_WITH_BODY_BYTES + 1)
-    sock.sendall(HEAD)
-    sock.sendall(body)
-    assert underneath.calls == [("sendall", HEAD), ("sendall", body)]
-
-
-def test_a_head_without_a_body_goes_out_before_any_other_write() -> None:
-    for then in ("send", "sendfile"):
-        sock, underneath = tracked()
-        sock.sendall(HEAD)
-        if then == "send":
-            sock.send(b"HTTP/1.1 100 Continue\r\n\r\n")
-        else:
-            sock.sendfile(None, 0, 10)
-        assert underneath.calls[0] == ("sendall", HEAD), then
-        assert underneath.calls[1][0] == then
-
-
-def test_a_head_without_a_body_goes_out_when_flushed() -> None:
-    sock, underneath = tracked()
-    sock.sendall(HEAD)  # a HEAD answer: gunicorn writes no body
-    sock.flush()  # as the worker does when the request ends
-    assert underneath.calls == [("sendall", HEAD)]
-    sock.flush()
-    assert underneath.calls == [("sendall", HEAD)]  # once
-
-
-def test_other_writes_go_out_as_they_come() -> None:
-    sock, underneath = tracked()
-    error = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 2\r\n\r\n{}"  # head and body at once
-    sock.sendall(error)
-    sock.sendall(b"more")
-    assert underneath.calls == [("sendall", error), ("sendall", b"more")]
+def test_recv_into_fills_no_more_than_asked(pair: tuple[socket.socket, _TrackedSocket]) -> None:
+    _, sock = pair
+    sock.unread(b"abcdef")
+    buffer = bytearray(10)
+    assert sock.recv_into(buffer, 2) == 2
+    assert sock.recv_into(memoryview(buffer)[2:]) == 4
+    assert buffer[:6] == b"abcdef"
 
 
 def test_a_replacement_worker_takes_the_slot_of_the_one_it_replaces() -> None:

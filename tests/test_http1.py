@@ -1,0 +1,346 @@
+"""The worker's own HTTP/1.1 loop: what it serves against the real server, byte for byte on a
+raw connection, and where it hands a connection to gunicorn."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+from typing import IO, Any
+
+import pytest
+from gunicorn import util as gunicorn_util
+from gunicorn.config import Config
+
+from serving.http1 import HEAD_WITH_BODY_BYTES, Http11Loop, _Date, _plain, _send
+from serving.worker import _TrackedSocket
+from tests.server import ServerProcess
+
+JSON_ROW = b"[[1, 2, 3, 4]]"
+
+
+def post(body: bytes, content_type: str = "application/json", *headers: str) -> bytes:
+    lines = "".join(f"{header}\r\n" for header in headers)
+    return (
+        f"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n{lines}"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+CHUNKED_ROW = (
+    b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(JSON_ROW), JSON_ROW)
+)
+
+
+def read_response(stream: IO[bytes]) -> tuple[bytes, bytes]:
+    """The next response's head and body from ``stream``."""
+    head = b"".join(iter(stream.readline, b"\r\n"))
+    found = re.search(rb"Content-Length: (\d+)", head)
+    assert found is not None, head
+    return head, stream.read(int(found.group(1)))
+
+
+def connect(server: ServerProcess) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", server.port), timeout=10)
+
+
+@pytest.fixture(scope="module")
+def answer(linear_server: ServerProcess) -> bytes:
+    """The body of the answer to ``JSON_ROW``."""
+    return linear_server.post(
+        "/invocations", JSON_ROW, {"Content-Type": "application/json"}
+    ).content
+
+
+@pytest.mark.parametrize("split", [None, 10, 1])
+def test_a_body_left_unread_is_skipped_and_the_next_request_is_served(
+    linear_server: ServerProcess, answer: bytes, split: int | None
+) -> None:
+    """A 415 leaves its body unread: it is dropped whether it came with its head (``None``) or
+    after it, and the next request on the connection starts where it should."""
+    refused = post(b"x" * 5000, "application/x-unknown")
+    head_end = refused.index(b"\r\n\r\n") + 4
+    with connect(linear_server) as conn:
+        if split is None:
+            conn.sendall(refused + post(JSON_ROW))
+        else:
+            conn.sendall(refused[: head_end + split])
+            time.sleep(0.1)  # answered before the rest of its body arrives
+            conn.sendall(refused[head_end + split :] + post(JSON_ROW))
+        stream = conn.makefile("rb")
+        head, _ = read_response(stream)
+        assert head.startswith(b"HTTP/1.1 415"), head
+        head, body = read_response(stream)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert body == answer
+
+
+def test_a_head_that_arrives_in_pieces_is_served(
+    linear_server: ServerProcess, answer: bytes
+) -> None:
+    request = post(JSON_ROW)
+    with connect(linear_server) as conn:
+        for start in range(0, len(request), 7):
+            conn.sendall(request[start : start + 7])
+            time.sleep(0.005)
+        head, body = read_response(conn.makefile("rb"))
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert body == answer
+
+
+def test_expect_100_continue_is_answered_before_the_body_is_sent(
+    linear_server: ServerProcess, answer: bytes
+) -> None:
+    request = post(JSON_ROW, "application/json", "Expect: 100-continue")
+    head_end = request.index(b"\r\n\r\n") + 4
+    with connect(linear_server) as conn:
+        conn.sendall(request[:head_end])
+        assert conn.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        conn.sendall(request[head_end:])
+        head, body = read_response(conn.makefile("rb"))
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert body == answer
+
+
+@pytest.mark.parametrize("together", [True, False])
+def test_after_a_request_gunicorn_serves_it_serves_the_rest_of_the_connection(
+    linear_server: ServerProcess, answer: bytes, together: bool
+) -> None:
+    """A chunked body is gunicorn's to read: the loop hands it the connection with every byte
+    received, whether the requests come in one write or one by one."""
+    requests_bytes = [post(JSON_ROW), CHUNKED_ROW, post(JSON_ROW), CHUNKED_ROW]
+    with connect(linear_server) as conn:
+        stream = conn.makefile("rb")
+        if together:
+            conn.sendall(b"".join(requests_bytes))
+        for request in requests_bytes:
+            if not together:
+                conn.sendall(request)
+            head, body = read_response(stream)
+            assert head.startswith(b"HTTP/1.1 200"), head
+            assert body == answer
+
+
+def test_percent_escapes_in_the_path_are_decoded(linear_server: ServerProcess) -> None:
+    with connect(linear_server) as conn:
+        conn.sendall(b"GET /p%69ng HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, _ = read_response(conn.makefile("rb"))
+    assert head.startswith(b"HTTP/1.1 200"), head
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /ping HTTP/1.0\r\n\r\n",
+    ],
+)
+def test_the_connection_ends_when_the_request_asks(
+    linear_server: ServerProcess, request_bytes: bytes
+) -> None:
+    with connect(linear_server) as conn:
+        conn.sendall(request_bytes)
+        reply = b"".join(iter(lambda: conn.recv(65536), b""))  # ends: the server closed it
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(request_bytes.split(b"\r\n")[0][-8:] + b" 200"), head
+    assert b"\r\nConnection: close" in head
+    assert body == b""
+
+
+def test_responses_carry_the_headers_gunicorn_sends(linear_server: ServerProcess) -> None:
+    with connect(linear_server) as conn:
+        conn.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, _ = read_response(conn.makefile("rb"))
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"HTTP/1.1 200 OK"
+    assert lines[1:4] == [
+        b"Server: gunicorn",
+        lines[2],
+        b"Connection: keep-alive",
+    ]
+    assert re.fullmatch(rb"Date: \w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT", lines[2])
+
+
+class RecordingSocket:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def sendall(self, data: bytes) -> None:
+        self.sent.append(data)
+
+
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("parts", "writes"),
+    [
+        ([b"hello"], [HEAD + b"hello"]),
+        ([b"", b"hel", b"lo"], [HEAD + b"hel", b"lo"]),
+        ([], [HEAD]),
+        ([b"x" * (HEAD_WITH_BODY_BYTES + 1)], [HEAD, b"x" * (HEAD_WITH_BODY_BYTES + 1)]),
+    ],
+)
+def test_a_head_goes_out_with_a_small_first_part(parts: list[bytes], writes: list[bytes]) -> None:
+    sock = RecordingSocket()
+    assert _send(sock, HEAD, parts) == sum(map(len, parts))
+    assert sock.sent == writes
+
+
+def environ(**changes: Any) -> dict[str, Any]:
+    plain = {
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "PATH_INFO": "/invocations",
+        "QUERY_STRING": "",
+        "CONTENT_LENGTH": "12",
+    }
+    return {key: value for key, value in {**plain, **changes}.items() if value is not None}
+
+
+@pytest.mark.parametrize(
+    ("changes", "plain"),
+    [
+        ({}, True),
+        ({"CONTENT_LENGTH": None}, True),
+        ({"HTTP_EXPECT": "100-Continue"}, True),
+        ({"HTTP_EXPECT": "something-else"}, False),
+        ({"SERVER_PROTOCOL": "HTTP/1.0"}, False),
+        ({"PATH_INFO": "/p%69ng"}, False),
+        ({"PATH_INFO": "http://host/ping"}, False),
+        ({"PATH_INFO": "/ping#here"}, False),
+        ({"QUERY_STRING": "a=1#here"}, False),
+        ({"CONTENT_LENGTH": "12,12"}, False),
+        ({"CONTENT_LENGTH": "+12"}, False),
+        ({"CONTENT_LENGTH": "1²"}, False),
+        ({"HTTP_TRANSFER_ENCODING": "chunked"}, False),
+        ({"HTTP_UPGRADE": "h2c"}, False),
+        ({"HTTP_HTTP2_SETTINGS": "AAMAAABkAAQAoAAAAAIAAAAA"}, False),
+    ],
+)
+def test_which_requests_the_loop_serves(changes: dict[str, Any], plain: bool) -> None:
+    assert _plain(environ(**changes)) is plain
+
+
+def test_the_date_header_is_gunicorn_s() -> None:
+    for _ in range(3):  # unless the second turns in between
+        if _Date.now() == gunicorn_util.http_date():
+            return
+    raise AssertionError(_Date.now())
+
+
+class LoopWorker:
+    """What the loop uses of a gunicorn worker: its settings, app, logger and counters."""
+
+    def __init__(self, app: Any, max_requests: int = 1000) -> None:
+        self.cfg = Config()
+        self.wsgi = app
+        self.log = self
+        self.alive = True
+        self.nr = 0
+        self.max_requests = max_requests
+        self.lines: list[tuple[Any, ...]] = []
+        self.sock: _TrackedSocket | None = None  # the connection being served
+
+    def served(self, *line: Any) -> None:
+        self.lines.append(line)
+
+
+def serve(worker: LoopWorker, requests_bytes: bytes) -> bytes:
+    """What the loop answers to ``requests_bytes``, sent before it starts, in this thread."""
+    assert Http11Loop.serves(worker.cfg)
+    client, server = socket.socketpair()
+    with client, server:
+        client.sendall(requests_bytes)
+        client.shutdown(socket.SHUT_WR)  # the loop's next read finds the end
+        server.settimeout(5)
+        worker.sock = _TrackedSocket(server)
+        Http11Loop(worker).serve(worker.sock, ("127.0.0.1", 5000), ("127.0.0.1", 80))
+        server.close()
+        return b"".join(iter(lambda: client.recv(65536), b""))
+
+
+def hello(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+    return [b"hello"]
+
+
+PING = b"GET /ping?x=1 HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def test_each_answer_is_counted_and_access_logged() -> None:
+    worker = LoopWorker(hello)
+    reply = serve(worker, PING * 2)
+    assert reply.count(b"HTTP/1.1 200 OK\r\n") == 2
+    assert reply.endswith(b"\r\n\r\nhello")
+    assert worker.nr == 2
+    assert [line[:5] for line in worker.lines] == [
+        ("127.0.0.1", "GET /ping?x=1 HTTP/1.1", "/ping", "200 OK", 5)
+    ] * 2
+
+
+def test_a_request_already_received_is_not_idle() -> None:
+    """A stop closes idle connections: a pipelined request that came with the one before it
+    has been read already, and its connection must not look idle."""
+    worker = LoopWorker(hello)
+    idle: list[bool] = []
+
+    def noting(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        assert worker.sock is not None
+        idle.append(worker.sock.idle())
+        return hello(environ, start_response)
+
+    worker.wsgi = noting
+    serve(worker, PING * 2)
+    assert idle == [False, False]
+
+
+def test_the_last_request_before_a_restart_ends_its_connection() -> None:
+    worker = LoopWorker(hello, max_requests=1)
+    reply = serve(worker, PING * 2)
+    assert reply.count(b"HTTP/1.1 200 OK\r\n") == 1  # the second is left unread
+    assert b"\r\nConnection: close\r\n" in reply
+    assert not worker.alive
+
+
+def test_a_stop_during_a_request_ends_its_connection() -> None:
+    worker = LoopWorker(hello)
+
+    def stopping(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        worker.alive = False
+        return hello(environ, start_response)
+
+    worker.wsgi = stopping
+    reply = serve(worker, PING * 2)
+    assert reply.count(b"HTTP/1.1 200 OK\r\n") == 1
+    assert b"\r\nConnection: close\r\n" in reply
+
+
+def failing(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    raise RuntimeError("broken app")
+
+
+def line_break_in_a_header(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain\r\nX-Injected: 1")])
+    return [b""]
+
+
+def not_latin_1(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/\u2603")])
+    return [b""]
+
+
+@pytest.mark.parametrize("app", [failing, line_break_in_a_header, not_latin_1])
+def test_an_app_that_fails_or_sends_a_broken_header_gets_a_json_500(
+    app: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    worker = LoopWorker(app)
+    reply = serve(worker, PING * 2)
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+    assert b"\r\nConnection: close\r\n" in head
+    assert b"X-Injected" not in head
+    assert json.loads(body) == {"error": "internal server error"}
+    assert "error answering GET /ping" in caplog.text
+    assert worker.lines[0][3] == "500 Internal Server Error"
