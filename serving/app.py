@@ -287,7 +287,7 @@ def _serving_error(exc: ServingError) -> Reply:
 
 
 def _answers_reply(environ: WSGIEnvironment, answers: Answers) -> Reply:
-    """Parts from memory, or the spooled file (sent with sendfile, closed after sending)."""
+    """Parts from memory, or the spooled file (read in blocks of 1 MiB, closed after sending)."""
     body = answers.body()
     parts: Iterable[bytes] = (
         body if isinstance(body, list) else wrap_file(environ, body, buffer_size=1 << 20)

@@ -22,7 +22,9 @@ gunicorn's ``pre_request``/``post_request`` hooks, which this server does not se
 from __future__ import annotations
 
 import email.utils
+import itertools
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -30,6 +32,7 @@ from typing import Any
 
 import gevent
 import gunicorn_h1c
+from gunicorn.http.message import MAX_HEADERS, MAX_REQUEST_LINE
 from gunicorn.http.wsgi import SERVER
 
 from .body import SocketBody
@@ -108,10 +111,15 @@ class Http11Loop:
         self._app = worker.wsgi
         self._keepalive = cfg.keepalive
         self._limits = {
-            "limit_request_line": cfg.limit_request_line or sys.maxsize,
+            "limit_request_line": cfg.limit_request_line,
             "limit_request_fields": cfg.limit_request_fields,
-            "limit_request_field_size": cfg.limit_request_field_size or sys.maxsize,
+            "limit_request_field_size": cfg.limit_request_field_size,
         }
+        # gunicorn decides the scheme from these (from trusted peers), and refuses requests
+        # whose values disagree: it serves requests that carry them.
+        self._handed_over = HANDED_OVER + tuple(
+            "HTTP_" + name.upper().replace("-", "_") for name in cfg.secure_scheme_headers
+        )
         self._environ = {
             "SCRIPT_NAME": "",
             "wsgi.version": (1, 0),
@@ -125,7 +133,8 @@ class Http11Loop:
     @staticmethod
     def serves(cfg: Any) -> bool:
         """Whether gunicorn is set up as this loop answers: plain HTTP/1.1 over TCP, headers
-        with ``_`` dropped, methods as sent."""
+        with ``_`` dropped, methods as sent, limits that mean what they say, no
+        ``SCRIPT_NAME`` prefix."""
         return (
             not cfg.is_ssl
             and cfg.proxy_protocol == "off"
@@ -135,24 +144,32 @@ class Http11Loop:
             and not cfg.permit_unconventional_http_method
             and not cfg.permit_unconventional_http_version
             and cfg.protocol == "http"
+            # gunicorn reads 0 or less, or more than its maximum, as other values
+            and 0 < cfg.limit_request_line < MAX_REQUEST_LINE
+            and 0 < cfg.limit_request_fields <= MAX_HEADERS
+            and cfg.limit_request_field_size > 0
+            and not os.environ.get("SCRIPT_NAME")
         )
 
     def serve(self, sock: Any, client: Any, server: Any) -> None:
         """Serve ``sock``'s requests until the connection should end; raises
         :class:`HandOver` at a request this loop does not serve."""
-        received = b""
+        received, body = b"", SocketBody(b"", sock, 0)
         while True:
             request = None
-            # As gunicorn's keep-alive: the wait for a request's head is bounded.
+            # As gunicorn's keep-alive: what the last request left of its body is read and
+            # dropped, and the next request's head received, within a bounded wait.
             with gevent.Timeout(self._keepalive or None, False):
-                request = self._read_head(sock, received, client, server)
+                if body.drain():
+                    request = self._read_head(sock, received, client, server)
             if request is None:
                 return  # the peer closed, or kept the connection idle too long
             environ, received = request
-            keep_open, received = self._answer(sock, environ, received)
-            # Bytes of a next request already here mean it has begun.
-            sock.reading_request = bool(received)
-            if not keep_open:
+            keep_open, received, body = self._answer(sock, environ, received)
+            # Bytes of this request's body or of a next request still to come mean that the
+            # connection is not idle.
+            sock.reading_request = bool(received) or body.left > 0
+            if not (keep_open and self._worker.alive):  # a stop may begin while sending
                 return
 
     def _read_head(
@@ -171,7 +188,8 @@ class Http11Loop:
                 except gunicorn_h1c.ParseError:
                     raise HandOver(received) from None  # gunicorn says what is wrong with it
                 else:
-                    if not _plain(environ):
+                    if not _plain(environ, self._handed_over) or received.startswith(b"\r\n"):
+                        # (gunicorn measures a request line after an empty line itself)
                         raise HandOver(received)
                     return environ, received
             chunk: bytes = sock.recv(RECV_BYTES)
@@ -179,9 +197,11 @@ class Http11Loop:
                 return None
             received += chunk
 
-    def _answer(self, sock: Any, environ: dict[str, Any], received: bytes) -> tuple[bool, bytes]:
-        """Answer one request; whether to keep the connection open, and the bytes received
-        past its body."""
+    def _answer(
+        self, sock: Any, environ: dict[str, Any], received: bytes
+    ) -> tuple[bool, bytes, SocketBody]:
+        """Answer one request; whether to keep the connection open, the bytes received past
+        its body, and its body (what the app left unread is dropped before the next)."""
         started = time.monotonic()
         head_length = environ.pop("_consumed")
         length = int(environ.get("CONTENT_LENGTH") or 0)
@@ -200,10 +220,13 @@ class Http11Loop:
             worker.alive = False
 
         response, keep_open, sent = _Response(), False, 0
-        parts: Iterable[bytes] = ()
+        result: Iterable[bytes] = ()
         try:
             try:
-                parts = self._app(environ, response.start_response)
+                result = self._app(environ, response.start_response)
+                rest = iter(result)
+                # PEP 3333: an app may call start_response as late as its first part.
+                parts: Iterable[bytes] = itertools.chain((next(rest, b""),), rest)
                 # A stop that began while the app ran ends the connection too.
                 keep_open = worker.alive and bool(self._keepalive) and not _asks_close(environ)
                 head = _head(response.status, response.headers, keep_open)
@@ -220,8 +243,8 @@ class Http11Loop:
                 head = _head(response.status, response.headers, keep_open)
             sent = _send(sock, head, parts)
         finally:
-            if hasattr(parts, "close"):
-                parts.close()
+            if hasattr(result, "close"):
+                result.close()
             path, query = environ["PATH_INFO"], environ["QUERY_STRING"]
             worker.log.served(
                 environ.get("REMOTE_ADDR", "-"),
@@ -231,26 +254,28 @@ class Http11Loop:
                 sent,
                 time.monotonic() - started,
             )
-        # What the app left unread is read and dropped, so that the next request starts where
-        # it should (as gunicorn does, whatever its length).
-        return keep_open and body.drain(), received
+        return keep_open, received, body
 
 
-def _plain(environ: dict[str, Any]) -> bool:
+def _plain(environ: dict[str, Any], handed_over: tuple[str, ...] = HANDED_OVER) -> bool:
     """Whether this loop serves the request: anything else goes to gunicorn."""
     path: str = environ["PATH_INFO"]
+    query: str = environ["QUERY_STRING"]
     length: str | None = environ.get("CONTENT_LENGTH")
     expect: str | None = environ.get("HTTP_EXPECT")
     return (
         environ["SERVER_PROTOCOL"] == "HTTP/1.1"
         and path.startswith("/")
-        # gunicorn decodes percent-escapes in PATH_INFO and splits off a fragment
+        # gunicorn refuses other bytes in the target, decodes percent-escapes in PATH_INFO
+        # and splits off a fragment
+        and path.isascii()
+        and query.isascii()
         and "%" not in path
         and "#" not in path
-        and "#" not in environ["QUERY_STRING"]
+        and "#" not in query
         and (length is None or (length.isascii() and length.isdigit()))
         and (expect is None or expect.lower() == "100-continue")
-        and not any(name in environ for name in HANDED_OVER)
+        and not any(name in environ for name in handed_over)
     )
 
 
@@ -268,7 +293,9 @@ def _head(status: str, headers: list[tuple[str, str]], keep_open: bool) -> bytes
 
 def _asks_close(environ: dict[str, Any]) -> bool:
     connection: str | None = environ.get("HTTP_CONNECTION")
-    return connection is not None and "close" in connection.lower().replace(" ", "").split(",")
+    if connection is None:
+        return False
+    return "close" in (option.strip(" \t") for option in connection.lower().split(","))
 
 
 def _send(sock: Any, head: bytes, parts: Iterable[bytes]) -> int:

@@ -83,7 +83,7 @@ class _TrackedSocket:
 
     def idle(self) -> bool:
         """No request begun: nothing read since the last response, nothing waiting unread."""
-        if self.reading_request:
+        if self.reading_request or self._unread:
             return False
         # FIONREAD counts the bytes waiting without reading them; a peek through gevent's
         # socket would wait for data instead of answering.

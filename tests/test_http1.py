@@ -7,13 +7,15 @@ import json
 import re
 import socket
 import time
+from collections.abc import Iterator
 from typing import IO, Any
 
+import gevent.socket
 import pytest
 from gunicorn import util as gunicorn_util
 from gunicorn.config import Config
 
-from serving.http1 import HEAD_WITH_BODY_BYTES, Http11Loop, _Date, _plain, _send
+from serving.http1 import HEAD_WITH_BODY_BYTES, Http11Loop, _asks_close, _Date, _plain, _send
 from serving.worker import _TrackedSocket
 from tests.server import ServerProcess
 
@@ -210,6 +212,8 @@ def environ(**changes: Any) -> dict[str, Any]:
         ({"PATH_INFO": "/p%69ng"}, False),
         ({"PATH_INFO": "http://host/ping"}, False),
         ({"PATH_INFO": "/ping#here"}, False),
+        ({"PATH_INFO": "/\xffping"}, False),
+        ({"QUERY_STRING": "a=\xff"}, False),
         ({"QUERY_STRING": "a=1#here"}, False),
         ({"CONTENT_LENGTH": "12,12"}, False),
         ({"CONTENT_LENGTH": "+12"}, False),
@@ -217,10 +221,33 @@ def environ(**changes: Any) -> dict[str, Any]:
         ({"HTTP_TRANSFER_ENCODING": "chunked"}, False),
         ({"HTTP_UPGRADE": "h2c"}, False),
         ({"HTTP_HTTP2_SETTINGS": "AAMAAABkAAQAoAAAAAIAAAAA"}, False),
+        ({"HTTP_X_FORWARDED_PROTO": "https"}, True),  # (the loop hands it over: see below)
     ],
 )
 def test_which_requests_the_loop_serves(changes: dict[str, Any], plain: bool) -> None:
     assert _plain(environ(**changes)) is plain
+
+
+def test_requests_whose_scheme_gunicorn_decides_go_to_it() -> None:
+    loop = Http11Loop(LoopWorker(hello))
+    forwarded = environ(HTTP_X_FORWARDED_PROTO="https")
+    assert not _plain(forwarded, loop._handed_over)
+
+
+def test_the_loop_serves_only_where_gunicorn_s_settings_are_its_own() -> None:
+    cfg = Config()
+    assert Http11Loop.serves(cfg)
+    for name, value in [
+        ("limit_request_line", 0),
+        ("limit_request_fields", 0),
+        ("limit_request_field_size", 0),
+        ("proxy_protocol", "v1"),
+        ("http2_cleartext", "upgrade"),
+        ("header_map", "refuse"),
+    ]:
+        changed = Config()
+        changed.set(name, value)
+        assert not Http11Loop.serves(changed), name
 
 
 def test_the_date_header_is_gunicorn_s() -> None:
@@ -247,14 +274,15 @@ class LoopWorker:
         self.lines.append(line)
 
 
-def serve(worker: LoopWorker, requests_bytes: bytes) -> bytes:
-    """What the loop answers to ``requests_bytes``, sent before it starts, in this thread."""
+def serve(worker: LoopWorker, requests_bytes: bytes, then_close: bool = True) -> bytes:
+    """What the loop answers to ``requests_bytes``, sent before it starts, in this thread (on
+    gevent's sockets, so that its keep-alive timeout can end a wait)."""
     assert Http11Loop.serves(worker.cfg)
-    client, server = socket.socketpair()
+    client, server = gevent.socket.socketpair()
     with client, server:
         client.sendall(requests_bytes)
-        client.shutdown(socket.SHUT_WR)  # the loop's next read finds the end
-        server.settimeout(5)
+        if then_close:
+            client.shutdown(socket.SHUT_WR)  # the loop's next read finds the end
         worker.sock = _TrackedSocket(server)
         Http11Loop(worker).serve(worker.sock, ("127.0.0.1", 5000), ("127.0.0.1", 80))
         server.close()
@@ -315,6 +343,53 @@ def test_a_stop_during_a_request_ends_its_connection() -> None:
     reply = serve(worker, PING * 2)
     assert reply.count(b"HTTP/1.1 200 OK\r\n") == 1
     assert b"\r\nConnection: close\r\n" in reply
+
+
+def test_a_stop_while_the_answer_is_sent_ends_its_connection() -> None:
+    worker = LoopWorker(hello)
+
+    def stopping_midway(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [("Content-Length", "5")])
+        yield b"hel"
+        worker.alive = False
+        yield b"lo"
+
+    worker.wsgi = stopping_midway
+    reply = serve(worker, PING * 2)
+    assert reply.count(b"HTTP/1.1 200 OK\r\n") == 1
+
+
+def test_a_body_that_never_comes_ends_the_connection_after_the_keep_alive() -> None:
+    """The app answers without reading the body; the rest of the body is waited for no longer
+    than a next request would be."""
+    worker = LoopWorker(hello)
+    worker.cfg.set("keepalive", 1)
+    started = time.monotonic()
+    reply = serve(worker, post(b"x" * 10)[:-5], then_close=False)  # 5 bytes short
+    assert reply.count(b"HTTP/1.1 200 OK\r\n") == 1
+    assert 0.9 < time.monotonic() - started < 3
+
+
+def test_an_idle_connection_ends_after_the_keep_alive() -> None:
+    worker = LoopWorker(hello)
+    worker.cfg.set("keepalive", 1)
+    started = time.monotonic()
+    assert serve(worker, PING, then_close=False).count(b"HTTP/1.1 200 OK\r\n") == 1
+    assert 0.9 < time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize(
+    ("connection", "close"),
+    [
+        ("close", True),
+        ("Keep-Alive, Close", True),
+        ("foo,\tclose", True),
+        ("keep-alive", False),
+        ("closed", False),
+    ],
+)
+def test_connection_close_is_one_option_among_others(connection: str, close: bool) -> None:
+    assert _asks_close({"HTTP_CONNECTION": connection}) is close
 
 
 def failing(environ: dict[str, Any], start_response: Any) -> list[bytes]:

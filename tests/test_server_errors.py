@@ -324,6 +324,15 @@ def test_a_body_shorter_than_its_content_length_is_refused(linear_server: Server
             400,
             "TRANSFER",
         ),
+        # gunicorn measures a request line after an empty line itself
+        (b"\r\nGET /ping?" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "URI Too Long"),
+        (b"GET /ping?\xff HTTP/1.1\r\nHost: x\r\n\r\n", 400, "Request Line"),
+        (
+            b"GET /ping HTTP/1.1\r\nHost: x\r\nX-Forwarded-Proto: https\r\n"
+            b"X-Forwarded-Ssl: off\r\n\r\n",
+            400,
+            "scheme",
+        ),
     ],
 )
 def test_requests_the_http_parser_refuses_get_json_too(
