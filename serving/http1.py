@@ -6,12 +6,12 @@ whole request. This loop serves the requests SageMaker sends with far less: the 
 builds the environ, the body is received straight into its buffer (:class:`SocketBody`), and
 the response goes out in one write.
 
-It serves only what is plain: HTTP/1.1, a Content-Length body or none (``Expect:
-100-continue`` included), a path with no percent-escapes. At the first request that is not,
-or that the C parser refuses, it stops and hands the connection, with every byte it has
-received, to gunicorn's own handling, which serves the rest of the connection: chunked
-bodies, HTTP/1.0, upgrades and gunicorn's answers to malformed requests stay exactly
-gunicorn's.
+It serves only what is plain (:func:`_plain`): HTTP/1.1, a Content-Length body or none
+(``Expect: 100-continue`` included), an ASCII path with no percent-escapes, no proxy scheme
+headers. At the first request that is not, or that the C parser refuses, it stops and hands
+the connection, with every byte it has received, to gunicorn's own handling, which serves the
+rest of the connection: chunked bodies, HTTP/1.0, upgrades and gunicorn's answers to
+malformed requests stay exactly gunicorn's.
 
 It answers as gunicorn does (``Server``, ``Date``, ``Connection``, keep-alive timeout,
 ``max_requests``), for the app this server runs (:class:`serving.app.ServingApp`), which
@@ -188,8 +188,8 @@ class Http11Loop:
                 except gunicorn_h1c.ParseError:
                     raise HandOver(received) from None  # gunicorn says what is wrong with it
                 else:
-                    if not _plain(environ, self._handed_over) or received.startswith(b"\r\n"):
-                        # (gunicorn measures a request line after an empty line itself)
+                    # gunicorn measures a request line that follows an empty line itself
+                    if received.startswith(b"\r\n") or not _plain(environ, self._handed_over):
                         raise HandOver(received)
                     return environ, received
             chunk: bytes = sock.recv(RECV_BYTES)

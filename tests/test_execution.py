@@ -168,6 +168,26 @@ def test_batching_goes_on_when_it_pays() -> None:
     assert max(model.batches[-4:]) > 1
 
 
+def test_joining_a_batch_s_inputs_counts_against_batching(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The run itself pays per row in a batch, but joining the inputs costs more than it saves
+    (as copying a conv net's images does): batching stops."""
+    model = Model(delay=0.005)  # batching pays, as far as the run goes
+    joining = np.concatenate
+
+    def slow_join(arrays: list[np.ndarray]) -> np.ndarray:
+        time.sleep(0.01 * len(arrays))  # blocks the loop, as a large copy does
+        return joining(arrays)
+
+    monkeypatch.setattr(np, "concatenate", slow_join)
+    executor = GeventExecutor(1, max_batch_rows=64)
+    for _round in range(4):
+        run_concurrently(executor, model, [rows(seed, 1) for seed in range(8)])
+    assert max(model.batches) > 1  # it tried
+    assert model.batches[-8:] == [1] * 8
+
+
 def test_the_gate_admits_in_arrival_order() -> None:
     gate = FairGate(requests=1, body_bytes=100)
     order: list[int] = []
