@@ -33,7 +33,7 @@ sys.path.insert(0, str(HERE))
 from run import pin, wait_healthy  # noqa: E402
 
 from serving.settings import Settings  # noqa: E402
-from tests.server import ServerProcess, free_port  # noqa: E402
+from tests.server import children, free_port  # noqa: E402
 
 SERVER_CPU, CLIENT_CPU = 0, 1
 MODEL_DIR = ROOT / "examples" / "iris" / "model"
@@ -92,7 +92,7 @@ def through_server(label: str, body: bytes, rows: int, chunk_mb: float, log: Pat
         )
     try:
         wait_healthy(port, process)
-        (worker,) = ServerProcess(process, port, log).worker_pids()
+        (worker,) = children(process.pid)
         idle = status_kb(worker, "VmRSS") / 1024
         times = []
         for _ in range(3):

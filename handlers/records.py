@@ -17,6 +17,7 @@ line; JSON Lines: ``{"error": "..."}``) so that the other records' lines keep th
 from __future__ import annotations
 
 import logging
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
@@ -71,12 +72,12 @@ class Answers:
 
     def add(self, parts: list[bytes]) -> None:
         self.length += sum(map(len, parts))
-        if self.file is None and self.length > self._spool_bytes and self._spool_bytes >= 0:
+        if self.file is None and self.length > self._spool_bytes:
             try:
                 self.file = tempfile.TemporaryFile()  # noqa: SIM115 - the response closes it
             except OSError as exc:  # no writable temporary directory (docker run --read-only)
                 log.warning("answers stay in memory: no temporary file (%s)", exc)
-                self._spool_bytes = -1
+                self._spool_bytes = sys.maxsize  # not tried again for this body
             else:
                 self.file.writelines(self.parts)
                 self.parts = []
@@ -111,7 +112,6 @@ class RecordChunks:
         self._placeholder: Callable[[str], bytes] | None = (
             getattr(encoder, "placeholder", None) if placeholders else None
         )
-        self._media_type = context.accept
 
     def answer(self, chunks: Iterator[bytes]) -> Answers:
         """The response: every chunk's answers, in order."""
@@ -127,7 +127,6 @@ class RecordChunks:
             raise
         if not lines_before:
             raise InvalidInput(f"{self.context.content_type} body has no records")
-        answers.media_type = self._media_type
         return answers
 
     def _answer(self, chunk: bytes, lines_before: int) -> list[bytes]:

@@ -257,8 +257,9 @@ class Http11Loop:
         return keep_open, received, body
 
 
-def _plain(environ: dict[str, Any], handed_over: tuple[str, ...] = HANDED_OVER) -> bool:
-    """Whether this loop serves the request: anything else goes to gunicorn."""
+def _plain(environ: dict[str, Any], handed_over: tuple[str, ...]) -> bool:
+    """Whether this loop serves the request, which has none of the ``handed_over`` environ
+    keys: anything else goes to gunicorn."""
     path: str = environ["PATH_INFO"]
     query: str = environ["QUERY_STRING"]
     length: str | None = environ.get("CONTENT_LENGTH")

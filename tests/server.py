@@ -35,6 +35,12 @@ def clean_environ(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return environ
 
 
+def children(pid: int) -> list[int]:
+    """The processes ``pid`` started (a server's master: its workers)."""
+    tasks = Path(f"/proc/{pid}/task").glob("*/children")
+    return [int(child) for listed in tasks for child in listed.read_text().split()]
+
+
 class ServerProcess:
     def __init__(self, process: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
         self.process = process
@@ -65,8 +71,7 @@ class ServerProcess:
 
     def worker_pids(self) -> list[int]:
         """The master's children: its workers."""
-        tasks = Path(f"/proc/{self.process.pid}/task").glob("*/children")
-        return [int(pid) for children in tasks for pid in children.read_text().split()]
+        return children(self.process.pid)
 
     def open_files(self) -> list[str]:
         """What the server's processes (master and workers) hold open, as /proc names them:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
+from typing import IO, Any
 
 import pytest
 from werkzeug.test import Client
@@ -13,6 +15,7 @@ from handlers.onnx_handler import OnnxHandler
 from handlers.tensors import Inputs, Outputs
 from serving import Settings
 from serving.app import create_app, load_model
+from tests.test_records import CSV, csv_body, rows
 
 CUSTOM = "X-Amzn-SageMaker-Custom-Attributes"
 
@@ -59,3 +62,47 @@ def test_routes_answer_head_and_say_which_methods_they_allow(buggy: Client) -> N
     missing = buggy.get("/models")
     assert missing.status_code == 404
     assert missing.json == {"error": "404 Not Found: GET /models"}
+
+
+def test_the_smallest_chunk_setting_still_reads_every_line(linear_model: Path) -> None:
+    settings = Settings.from_sources(
+        {"SERVING_RECORD_CHUNK_MB": "0.0000001"}, {"model_dir": str(linear_model.parent)}, cpus=1
+    )
+    assert int(settings.record_chunk_mb * 1024 * 1024) == 0  # rounds down to nothing
+    app = create_app(settings)
+    load_model(app)
+    body = csv_body(rows(20))
+    response = Client(app).post(
+        "/invocations", data=body, headers={"Content-Type": CSV, "Accept": CSV}
+    )
+    assert response.status_code == 200, response.text
+    assert response.data.count(b"\n") == 20
+
+
+def test_answers_past_the_spool_limit_are_sent_from_a_file_closed_after_sending(
+    linear_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files: list[IO[bytes]] = []
+    make_file = tempfile.TemporaryFile
+
+    def recording(*args: Any, **kwargs: Any) -> IO[bytes]:
+        files.append(make_file(*args, **kwargs))
+        return files[-1]
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", recording)
+    settings = Settings.from_sources(
+        {"SERVING_RECORD_CHUNK_MB": "0.002", "SERVING_RECORD_SPOOL_MB": "0.01"},
+        {"model_dir": str(linear_model.parent)},
+        cpus=1,
+    )
+    app = create_app(settings)
+    load_model(app)
+    response = Client(app).post(
+        "/invocations", data=csv_body(rows(2_000)), headers={"Content-Type": CSV, "Accept": CSV}
+    )
+    assert response.status_code == 200, response.text
+    assert len(files) == 1  # past 10 KB of answers
+    assert not files[0].closed  # the response is read from it
+    assert response.data.count(b"\n") == 2_000
+    response.close()
+    assert files[0].closed

@@ -158,8 +158,10 @@ def test_headers_other_writers_write_are_read_by_numpys_reader(header: str) -> N
         b"\x93NUMPY",
         b"\x93NUMPY\x01\x00\xff\xff{'descr'",  # a header longer than the body
         b"\x93NUMPY\x09\x00" + b" " * 60,  # an unknown version
-        header_only("{'descr': '<f4', 'fortran_order': False, 'shape': (3), }"),
-        header_only("{'descr': '<f4', 'fortran_order': False, 'shape': (003,), }"),
+        # with the data their shape would need, so that only the header can be refused
+        header_only("{'descr': '<f4', 'fortran_order': False, 'shape': (3), }") + bytes(12),
+        header_only("{'descr': '<f4', 'fortran_order': False, 'shape': (003,), }") + bytes(12),
+        header_only("{'descr': '<f3', 'fortran_order': False, 'shape': (3,), }") + bytes(12),
         header_only("{'descr': '<f4', 'fortran_order': False, 'shape': (%s,), }" % ("9" * 5000)),
         header_only("{'descr': '<f4', 'fortran_order': False, 'shape': (0,), }", minor=9),
     ],

@@ -11,15 +11,12 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-from werkzeug.test import Client
 
 from handlers import HandlerConfig, InvocationContext
 from handlers.codecs.lines import count_lines, split_lines
 from handlers.errors import InvalidInput, RecordError
 from handlers.onnx_handler import OnnxHandler
 from handlers.records import RecordChunks, answers_in_chunks, line_chunks
-from serving.app import create_app, load_model
-from serving.settings import Settings
 from tests.wire import run_onnxruntime
 
 CSV = "text/csv"
@@ -226,18 +223,3 @@ def test_lines_end_with_a_line_feed_or_a_carriage_return_and_line_feed() -> None
     assert split_lines(b"a\r\nb\nc") == [b"a", b"b", b"c"]
     assert split_lines(b"a\r\n\r\n") == [b"a", b""]
     assert count_lines(b"a\r\n\r\n") == 2
-
-
-def test_the_smallest_chunk_setting_still_reads_every_line(linear_model: Path) -> None:
-    settings = Settings.from_sources(
-        {"SERVING_RECORD_CHUNK_MB": "0.0000001"}, {"model_dir": str(linear_model.parent)}, cpus=1
-    )
-    assert int(settings.record_chunk_mb * 1024 * 1024) == 0  # rounds down to nothing
-    app = create_app(settings)
-    load_model(app)
-    body = csv_body(rows(20))
-    response = Client(app).post(
-        "/invocations", data=body, headers={"Content-Type": CSV, "Accept": CSV}
-    )
-    assert response.status_code == 200, response.text
-    assert response.data.count(b"\n") == 20

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Rootful podman for CI on a Debian 12 machine without a Docker engine (run as root):
 # installs podman, runc, netavark and debootstrap if missing, and writes a configuration under
-# DIR (default /tmp/podman-ci) that keeps podman's state there too; nothing under /etc is
-# written. Afterwards: `source DIR/env.sh`.
+# DIR (default /tmp/podman-ci) that keeps podman's state there too; no configuration under
+# /etc is written (the packages install as packages do). Afterwards: `source DIR/env.sh`.
 set -euo pipefail
 
 DIR=${1:-${PODMAN_CI_DIR:-/tmp/podman-ci}}

@@ -12,7 +12,7 @@ MIRROR=${MIRROR:-http://deb.debian.org/debian}
 PACKAGES=python3,python3-venv,ca-certificates
 
 ROOTFS=$(mktemp -d)
-trap 'rm -rf "$ROOTFS"' EXIT
+trap 'rm -rf "$ROOTFS" "$ROOTFS.log"' EXIT
 
 debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$ROOTFS" "$MIRROR" \
     >"$ROOTFS.log" 2>&1 || { tail -30 "$ROOTFS.log"; exit 1; }

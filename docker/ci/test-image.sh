@@ -8,6 +8,6 @@ export PODMAN_CI_DIR=${PODMAN_CI_DIR:-/tmp/podman-ci}
 docker/ci/setup-podman.sh "$PODMAN_CI_DIR"
 # shellcheck disable=SC1091
 source "$PODMAN_CI_DIR/env.sh"
-BASE=docker.io/library/python:3.12-slim-bookworm
+BASE=docker.io/library/$(sed -n 's/^ARG BASE_IMAGE=//p' docker/Dockerfile.cpu)
 podman image exists "$BASE" || docker/ci/stand-in-base.sh "$BASE"
 .venv/bin/python -m pytest docker/tests "$@"

@@ -85,11 +85,12 @@ class Container:
 
 
 @contextmanager
-def running(image: str, model: Path, *options: str) -> Iterator[Container]:
-    """``podman run -d -p PORT:8080 [options] -v MODEL:/opt/ml/model:ro IMAGE serve``, healthy."""
+def running(image: str, model: Path, *options: str, serves_on: int = 8080) -> Iterator[Container]:
+    """``podman run -d -p PORT:SERVES_ON [options] -v MODEL:/opt/ml/model:ro IMAGE serve``,
+    healthy."""
     container = Container(f"serving-test-{free_port()}", free_port())
     podman(
-        "run", "-d", "--name", container.name, "-p", f"127.0.0.1:{container.port}:8080",
+        "run", "-d", "--name", container.name, "-p", f"127.0.0.1:{container.port}:{serves_on}",
         *options, "-v", f"{model}:/opt/ml/model:ro", image, "serve",
     )  # fmt: skip
     try:
@@ -215,13 +216,20 @@ def test_a_missing_model_stops_the_container_with_the_reason(
     empty = tmp_path_factory.mktemp("empty")
     empty.chmod(0o755)
     name = f"serving-test-{free_port()}"
-    result = subprocess.run(
-        ["podman", "run", "--name", name, "-v", f"{empty}:/opt/ml/model:ro", image, "serve"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    podman("rm", "-f", name, check=False)
+    try:
+        result = subprocess.run(
+            ["podman", "run", "--name", name, "-v", f"{empty}:/opt/ml/model:ro", image, "serve"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        podman("rm", "-f", "-t", "0", name, check=False)
     assert result.returncode != 0
-    assert "model" in (result.stdout + result.stderr).lower()
+    assert "cannot load the model: no *.onnx file in /opt/ml/model" in result.stderr, result.stderr
+
+
+def test_the_port_sagemaker_binds_to_is_served(image: str, iris: Path) -> None:
+    with running(image, iris, "-e", "SAGEMAKER_BIND_TO_PORT=9000", serves_on=9000) as container:
+        assert_answers_like_onnxruntime(container)

@@ -8,7 +8,8 @@ The header numpy writes for a plain dtype is read with a regular expression: num
 evaluates it as a Python literal, which took 20 µs of a small model's 0.3 ms request. Any
 other header goes to numpy's reader, which decides. Responses get numpy's header and the
 array's buffer, byte for byte what ``np.save`` writes: ``np.save`` into memory copies the
-array through a buffered iterator, 45 µs for ten numbers.
+array through a buffered iterator, twice the time (6.8 against 3.8 µs for ten numbers, 28.5
+against 14.6 µs for a 1000 x 100 float32 array, numpy 2.4).
 """
 
 from __future__ import annotations
@@ -102,16 +103,15 @@ def _numpy_header(body: bytes | memoryview) -> Header:
     try:
         version = npy_format.read_magic(stream)
         read_header = _HEADER_READERS.get(version)
-        if read_header is None:
-            raise InvalidInput(f"application/x-npy format version {version} is not supported")
-        shape, fortran_order, dtype = read_header(stream)
-    except InvalidInput:
-        raise
+        header = None if read_header is None else read_header(stream)
     # Bad magic, a truncated or malformed header. numpy's reader evaluates the header as a
     # Python literal and raises whatever that raises on odd input (TokenError for an unclosed
     # bracket, TypeError for bytes keys): every one of them means the header is not valid.
     except Exception as exc:
         raise InvalidInput(f"body is not a valid .npy array: {exc}") from exc
+    if header is None:
+        raise InvalidInput(f"application/x-npy format version {version} is not supported")
+    shape, fortran_order, dtype = header
     return shape, fortran_order, dtype, stream.tell()
 
 
