@@ -13,7 +13,7 @@ from handlers.errors import InvalidInput
 from handlers.execution import Feeds
 from handlers.tensors import Outputs
 from serving.admission import FairGate
-from serving.execution import GeventExecutor, InferenceTimeout
+from serving.execution import YIELD_ABOVE, GeventExecutor, InferenceTimeout
 
 
 class Model:
@@ -325,3 +325,25 @@ def test_a_run_of_a_model_that_cannot_batch_lets_the_loop_go_first_unless_tiny(
     executor.run(model, {"x": rows(0, 1)}, batchable=False)
     gevent.sleep(0)
     assert order[0] == first
+
+
+def test_many_rows_of_a_tiny_model_let_the_loop_go_first() -> None:
+    """What a run is expected to take is per row times rows: a request of many rows is no
+    tiny run."""
+    order: list[str] = []
+
+    def model(feeds: Feeds) -> Outputs:
+        order.append("run")
+        return {"y": feeds["x"]}
+
+    executor = GeventExecutor(1, max_batch_rows=64, inline_limit=1.0)
+    for _ in range(3):
+        executor.run(model, {"x": rows(0, 1)}, batchable=False)
+    per_row = executor._lanes[model].alone.per_row
+    assert 0 < per_row < YIELD_ABOVE  # one row is a tiny run
+    many = rows(0, int(2 * YIELD_ABOVE / per_row) + 1)
+    order.clear()
+    gevent.spawn(order.append, "other")
+    executor.run(model, {"x": many}, batchable=False)
+    gevent.sleep(0)
+    assert order[0] == "other"

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import re
 import socket
+import struct
 import time
+import uuid
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -159,6 +161,53 @@ def test_responses_carry_the_headers_gunicorn_sends(linear_server: ServerProcess
     assert lines[:2] == [b"HTTP/1.1 200 OK", b"Server: gunicorn"]
     assert lines[3] == b"Connection: keep-alive"
     assert re.fullmatch(rb"Date: \w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT", lines[2])
+
+
+def test_a_head_answer_has_no_body_on_the_connection(linear_server: ServerProcess) -> None:
+    with connect(linear_server) as conn:
+        conn.sendall(
+            b"HEAD /execution-parameters HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        stream = conn.makefile("rb")
+        head = b"".join(iter(stream.readline, b"\r\n"))
+        assert re.search(rb"Content-Length: [1-9]", head), head  # GET's length, no body
+        assert stream.readline() == b"HTTP/1.1 200 OK\r\n"  # the next answer comes next
+
+
+def test_access_lines_are_the_same_on_either_path(linear_server: ServerProcess) -> None:
+    """One request served by the loop, one (chunked) by gunicorn: the same line."""
+    uri = f"/invocations?trace={uuid.uuid4().hex}"
+    with connect(linear_server) as conn:
+        conn.sendall(post(JSON_ROW).replace(b"/invocations", uri.encode(), 1))
+        read_response(conn.makefile("rb"))
+    with connect(linear_server) as conn:
+        conn.sendall(CHUNKED_ROW.replace(b"/invocations", uri.encode(), 1))
+        read_response(conn.makefile("rb"))
+    linear_server.wait_for_log(f'"POST {uri} HTTP/1.1" 200')
+    lines = [line for line in linear_server.log().splitlines() if uri in line]
+    assert len(lines) == 2, lines
+    for line in lines:
+        assert re.search(rf'127\.0\.0\.1 "POST {re.escape(uri)} HTTP/1\.1" 200 \d+ \d+ms$', line)
+
+
+def test_a_head_that_never_ends_goes_to_gunicorn_s_limits(linear_server: ServerProcess) -> None:
+    with connect(linear_server) as conn:
+        conn.sendall(b"GET /" + b"a" * 1_000_000)  # no end of line, let alone of the head
+        reply = conn.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 431"), reply
+
+
+def test_a_client_that_resets_mid_answer_is_not_an_error(linear_server: ServerProcess) -> None:
+    errors = linear_server.log().count(" ERROR ")
+    for _ in range(5):
+        conn = connect(linear_server)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.sendall(b"GET /execution-parameters HTTP/1.1\r\nHost: x\r\n\r\n" * 2000)
+        conn.close()  # a reset, while the answers are being sent
+    assert linear_server.get("/ping").status_code == 200
+    time.sleep(0.5)  # whatever the worker logs about it is written by now
+    assert linear_server.log().count(" ERROR ") == errors
 
 
 class RecordingSocket:
@@ -334,6 +383,48 @@ def test_a_stop_during_a_request_ends_its_connection() -> None:
     reply = serve(worker, PING * 2)
     assert reply.count(b"HTTP/1.1 200 OK\r\n") == 1
     assert b"\r\nConnection: close\r\n" in reply
+
+
+def test_without_keep_alive_each_connection_serves_one_request() -> None:
+    worker = LoopWorker(hello)
+    worker.cfg.set("keepalive", 0)
+    reply = serve(worker, PING * 2)
+    assert reply.count(b"HTTP/1.1 200 OK\r\n") == 1
+    assert b"\r\nConnection: close\r\n" in reply
+
+
+def test_the_app_s_answer_is_closed_once_sent() -> None:
+    closed: list[bool] = []
+
+    class Answer(list[bytes]):
+        def close(self) -> None:
+            closed.append(True)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Answer:
+        hello(environ, start_response)
+        return Answer([b"hello"])
+
+    assert serve(LoopWorker(app), PING).endswith(b"hello")
+    assert closed == [True]
+
+
+def test_a_body_still_arriving_after_the_answer_is_not_idle() -> None:
+    """The app answered without reading its body: the rest of it is still to come, so a stop
+    must not close the connection as idle."""
+    worker = LoopWorker(hello)
+    request = post(b"x" * 10)
+    client, server = gevent.socket.socketpair()
+    with client, server:
+        client.sendall(request[:-5])
+        worker.sock = _TrackedSocket(server)
+        loop = Http11Loop(worker)
+        serving = gevent.spawn(loop.serve, worker.sock, ("127.0.0.1", 5000), ("127.0.0.1", 80))
+        assert client.recv(65536).startswith(b"HTTP/1.1 200")
+        assert not worker.sock.idle()
+        client.sendall(request[-5:])
+        client.shutdown(socket.SHUT_WR)
+        serving.join(5)
+        assert serving.dead
 
 
 def test_a_stop_while_the_answer_is_sent_ends_its_connection() -> None:

@@ -62,9 +62,14 @@ def test_blocks_hold_whole_lines_and_fit_a_pipes_atomic_write(
     assert [line.split(": ", 1)[1] for line in stderr.getvalue().splitlines()] == messages
 
 
-def test_a_line_reads_as_the_formatter_would_write_it(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("zone", ["UTC", "Asia/Kolkata"])  # local time, as logging's
+def test_a_line_reads_as_the_formatter_would_write_it(
+    monkeypatch: pytest.MonkeyPatch, zone: str
+) -> None:
     stderr = recorded_stderr(monkeypatch)
-    now = 1_795_000_000.25  # 250 ms past a second
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    now = 1_795_000_000.0625  # 62 ms past a second: written ",062"
     monkeypatch.setattr(time, "time", lambda: now)
     lines = AccessLines()
     lines.add('127.0.0.1 "POST /invocations HTTP/1.1" 200 52 1ms')
@@ -76,8 +81,11 @@ def test_a_line_reads_as_the_formatter_would_write_it(monkeypatch: pytest.Monkey
             "levelname": "INFO",
             "msg": '127.0.0.1 "POST /invocations HTTP/1.1" 200 52 1ms',
             "created": now,
-            "msecs": 250.0,
+            "msecs": 62.0,
             "process": os.getpid(),
         }
     )
-    assert stderr.getvalue() == OneLineFormatter(FORMAT).format(record) + "\n"
+    expected = OneLineFormatter(FORMAT).format(record) + "\n"
+    monkeypatch.undo()
+    time.tzset()
+    assert stderr.getvalue() == expected

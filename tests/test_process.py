@@ -147,6 +147,23 @@ def test_idle_keep_alive_connections_do_not_delay_the_stop(tmp_path: Path) -> No
     assert "ERROR" not in server.log()  # closing it is not a socket error
 
 
+def test_a_connection_gunicorn_served_is_idle_after_its_answer(tmp_path: Path) -> None:
+    """A chunked request is gunicorn's to serve; its connection, kept open, does not delay the
+    stop either."""
+    arguments = ["--model-dir", str(IRIS.parent), "--graceful-timeout", "20"]
+    with running_server(arguments, tmp_path / "server.log") as server, requests.Session() as idle:
+        response = idle.post(
+            server.url("/invocations"),
+            data=iter([b"[[1, 2, 3, 4]]"]),  # no length: sent chunked
+            headers={"Content-Type": "application/json"},
+        )
+        assert response.status_code == 200
+        assert response.headers["Connection"] == "keep-alive"
+        started = time.monotonic()
+        assert server.stop() == 0
+        assert time.monotonic() - started < 5
+
+
 def test_a_request_arriving_as_the_stop_begins_is_answered(tmp_path: Path) -> None:
     arguments = ["--model-dir", str(IRIS.parent), "--graceful-timeout", "20"]
     with running_server(arguments, tmp_path / "server.log") as server:

@@ -39,6 +39,14 @@ def test_bytes_put_back_are_read_before_the_socket_s(
     assert sock.recv(100) == b"from the socket"
 
 
+def test_bytes_waiting_in_the_socket_are_a_request_begun(
+    pair: tuple[socket.socket, _TrackedSocket],
+) -> None:
+    client, sock = pair
+    client.sendall(b"GET")  # arrived, not yet read: a stop must not close this connection
+    assert not sock.idle()
+
+
 def test_recv_into_fills_no_more_than_asked(pair: tuple[socket.socket, _TrackedSocket]) -> None:
     _, sock = pair
     sock.unread(b"abcdef")
