@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .codecs import CodecRegistry, default_codecs
+from .codecs.registry import decodes_inline, encodes_inline
 from .errors import NotAcceptable, UnsupportedMediaType
 from .execution import Executor, InlineExecutor
-from .tensors import Inputs, Outputs
+from .tensors import MAX_EXPANDED_BYTES, MAX_ROWS, Inputs, Outputs, check_decoded
 
 #: The request and response header SageMaker passes custom attributes in.
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
@@ -54,6 +55,11 @@ class HandlerConfig:
     codecs: CodecRegistry = field(default_factory=default_codecs)
     #: Runs blocking model calls; the server's runs them off the event loop, in batches.
     executor: Executor = field(default_factory=InlineExecutor)
+    #: The most bytes of arrays, and rows (first dimension), one body may decode to
+    #: (``SERVING_MAX_DECODED_MB``, ``SERVING_MAX_ROWS``); :meth:`Handler.decode` holds
+    #: every decoder to them.
+    max_decoded_bytes: int = MAX_EXPANDED_BYTES
+    max_rows: int = MAX_ROWS
 
 
 @dataclass
@@ -126,15 +132,27 @@ class Handler(abc.ABC):
         return self.encode(self.predict(inputs, context), context.accept)
 
     def decode(self, body: bytes, media_type: str) -> Inputs:
-        """The registry's decoder for ``media_type`` applied to ``body``."""
+        """The registry's decoder for ``media_type`` applied to ``body``: in place when that
+        is quick, else through the executor, off the event loop (see
+        :class:`handlers.codecs.Decoder`). What it decodes to is refused with a 413 past
+        ``config.max_rows`` rows or ``config.max_decoded_bytes`` bytes, before the model
+        runs."""
         decoder = self.codecs.decoder(media_type)
         if decoder is None:
             raise UnsupportedMediaType(f"no decoder for {media_type}")
-        return decoder.decode(body)
+        if decodes_inline(decoder, body):
+            inputs = decoder.decode(body)
+        else:
+            inputs = self.config.executor.call(decoder.decode, body)
+        check_decoded(inputs, self.config.max_decoded_bytes, self.config.max_rows)
+        return inputs
 
     def encode(self, outputs: Outputs, media_type: str) -> Encoded:
-        """The registry's encoder for ``media_type`` applied to ``outputs``."""
+        """The registry's encoder for ``media_type`` applied to ``outputs``: in place when
+        that is quick, else through the executor, off the event loop."""
         encoder = self.codecs.encoder(media_type)
         if encoder is None:
             raise NotAcceptable(f"no encoder for {media_type}")
-        return Encoded(encoder.encode(outputs), encoder.media_type)
+        if encodes_inline(encoder, outputs):
+            return Encoded(encoder.encode(outputs), encoder.media_type)
+        return Encoded(self.config.executor.call(encoder.encode, outputs), encoder.media_type)

@@ -23,6 +23,8 @@ content_type, accept)``                        of them is refused at load
 Every hook may declare one more, trailing ``context`` argument: a :class:`ToolkitContext`.
 ``input_data`` is the body as bytes; ``content_type`` and ``accept`` are bare media types.
 ``output_fn`` and ``transform_fn`` return bytes (or str), or ``(bytes, content_type)``.
+Hooks run off the worker's event loop, a request's consecutive hooks in one call (one thread,
+in order, as the AWS toolkit runs them), within the request's one timeout.
 A hook that raises gives a 500 with its message, or the status of the exception's
 ``status_code`` attribute when it has one (as the AWS toolkit's errors do); the traceback
 goes to the log only.
@@ -40,7 +42,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -128,11 +130,6 @@ class Hook:
             raise
         except Exception as exc:  # user code: any exception is the hook's failure
             raise _hook_error(self.name, exc) from exc
-
-    def off_loop(self, executor: Executor, context: ToolkitContext, *arguments: Any) -> Any:
-        """Call the hook through ``executor``: model work may be long, and must not hold up
-        the worker's event loop (``/ping``)."""
-        return executor.call(self, context, *arguments)
 
 
 def _takes_context(function: Callable[..., Any], arity: int) -> bool:
@@ -236,31 +233,37 @@ class InferencePyHandler(Handler):
     def invoke(self, body: bytes, context: InvocationContext) -> Encoded:
         hook_context = ToolkitContext(self.config.model_dir, context)
         hooks = self._hooks
-        if "transform_fn" in hooks:
-            result = hooks["transform_fn"].off_loop(
-                self.config.executor,
-                hook_context,
-                self.model,
-                body,
-                context.content_type,
-                context.accept,
+
+        def transform(data: bytes) -> Encoded:
+            result = hooks["transform_fn"](
+                hook_context, self.model, data, context.content_type, context.accept
             )
             return _reply("transform_fn", result, context.accept)
-        executor = self.config.executor
-        # Every hook runs off the event loop: user code may take long (decoding images,
-        # pure-Python loops) and /ping must still answer at once.
-        if "input_fn" in hooks:
-            data = hooks["input_fn"].off_loop(executor, hook_context, body, context.content_type)
-        else:
-            data = self.decode(body, context.content_type)
-        if "predict_fn" in hooks:
-            prediction = hooks["predict_fn"].off_loop(executor, hook_context, data, self.model)
-        else:
-            prediction = self.predict(data, context)
-        if "output_fn" in hooks:
-            result = hooks["output_fn"].off_loop(executor, hook_context, prediction, context.accept)
-            return _reply("output_fn", result, context.accept)
-        return self.encode(_as_outputs(prediction), context.accept)
+
+        def decode(data: Any) -> Any:
+            if "input_fn" in hooks:
+                return hooks["input_fn"](hook_context, data, context.content_type)
+            return self.decode(data, context.content_type)
+
+        def predict(data: Any) -> Any:
+            if "predict_fn" in hooks:
+                return hooks["predict_fn"](hook_context, data, self.model)
+            return self.predict(data, context)
+
+        def encode(prediction: Any) -> Encoded:
+            if "output_fn" in hooks:
+                result = hooks["output_fn"](hook_context, prediction, context.accept)
+                return _reply("output_fn", result, context.accept)
+            return self.encode(_as_outputs(prediction), context.accept)
+
+        if "transform_fn" in hooks:
+            return cast(Encoded, _run_stages(self.config.executor, [(transform, True)], body))
+        stages = [
+            (decode, "input_fn" in hooks),
+            (predict, "predict_fn" in hooks),
+            (encode, "output_fn" in hooks),
+        ]
+        return cast(Encoded, _run_stages(self.config.executor, stages, body))
 
     def predict(self, inputs: Any, context: InvocationContext) -> Outputs:
         """What runs without a ``predict_fn``: the ONNX model, or a callable ``model_fn`` gave."""
@@ -274,6 +277,35 @@ class InferencePyHandler(Handler):
             raise
         except Exception as exc:  # user code: any exception is the model's failure
             raise _hook_error("the model from model_fn", exc) from exc
+
+
+def _run_stages(
+    executor: Executor, stages: list[tuple[Callable[[Any], Any], bool]], value: Any
+) -> Any:
+    """Pass ``value`` through ``stages`` in order. Consecutive user hooks (``True``) run off
+    the event loop in one call, as the AWS toolkit runs a request's hooks one after another
+    in one thread: a hop each would let other requests' hooks in between, and a request
+    whose ``predict_fn`` had ended would wait behind theirs for its ``output_fn``. The
+    server's own stages (its codecs, its batched ONNX run) stay where they are."""
+    index = 0
+    while index < len(stages):
+        function, is_hook = stages[index]
+        if not is_hook:
+            value = function(value)
+            index += 1
+            continue
+        hooks = []
+        while index < len(stages) and stages[index][1]:
+            hooks.append(stages[index][0])
+            index += 1
+        value = executor.call(_through, hooks, value)
+    return value
+
+
+def _through(functions: list[Callable[[Any], Any]], value: Any) -> Any:
+    for function in functions:
+        value = function(value)
+    return value
 
 
 def _as_inputs(data: Any) -> Inputs:

@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
-from .base import Handler, InvocationContext
+from .base import Encoded, Handler, InvocationContext
 from .codecs.lines import count_lines, split_lines
 from .errors import InvalidInput, RecordError
 
@@ -104,9 +104,12 @@ class RecordChunks:
         *,
         spool_bytes: int,
         placeholders: bool = False,
+        invoke: Callable[[bytes, InvocationContext], Encoded] | None = None,
     ) -> None:
         self.handler = handler
         self.context = context
+        #: How a chunk is answered: ``handler.invoke``, or what serving wraps it in (admission).
+        self._invoke = invoke or handler.invoke
         self._spool_bytes = spool_bytes
         encoder = handler.codecs.encoder(context.accept)
         self._placeholder: Callable[[str], bytes] | None = (
@@ -132,7 +135,7 @@ class RecordChunks:
     def _answer(self, chunk: bytes, lines_before: int) -> list[bytes]:
         """The answers for ``chunk``; a bad record is found, then refused or replaced."""
         try:
-            encoded = self.handler.invoke(chunk, self.context)
+            encoded = self._invoke(chunk, self.context)
         except InvalidInput as exc:
             if isinstance(exc, RecordError) and self._placeholder is None:
                 raise exc.moved(lines_before) from exc

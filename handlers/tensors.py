@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any, TypeAlias
 
 import numpy as np
@@ -20,11 +21,50 @@ Outputs: TypeAlias = dict[str, Array]
 
 #: Default for the most bytes the arrays of one body may expand to once decoded: compressed
 #: ``.npz`` members, or a RecordIO sparse tensor's claimed shape, could otherwise take far more
-#: memory than the body limit suggests. The server sets it from the body limit.
+#: memory than the body limit suggests. The server sets it (``SERVING_MAX_DECODED_MB``).
 MAX_EXPANDED_BYTES = 1 << 30
+
+#: Default for the most rows (length of the first dimension) one body's inputs may have: a
+#: few bytes can stand for many rows (an empty JSON array, a compressed ``.npz``), and every
+#: row costs the model run and the answer. The server sets it (``SERVING_MAX_ROWS``).
+MAX_ROWS = MAX_EXPANDED_BYTES // 16
 
 #: numpy kinds a request may carry: bool, signed and unsigned integers, floats.
 NUMERIC_KINDS = frozenset("biuf")
+
+
+def too_large(message: str) -> InvalidInput:
+    """The error for a body whose decoded inputs pass a cap: a 413, since the data may be
+    valid and a smaller request would be served (RFC 9110: content larger than the server is
+    willing to process). An :class:`InvalidInput` still, so that a multi-record body's chunk
+    that passes the row cap is answered in halves (see :mod:`handlers.records`)."""
+    return InvalidInput(message, status=HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+
+
+def too_many_rows(rows: str, max_rows: int) -> InvalidInput:
+    """``rows`` says how many there are (``"6,200,000 rows"``, ``"more than 1,000 records"``)."""
+    return too_large(
+        f"the request decodes to {rows}, more than the {max_rows:,} allowed (SERVING_MAX_ROWS); "
+        "send fewer rows per request"
+    )
+
+
+def check_rows(rows: int, max_rows: int) -> None:
+    if rows > max_rows:
+        raise too_many_rows(f"{rows:,} rows", max_rows)
+
+
+def check_decoded(inputs: Inputs, max_bytes: int, max_rows: int) -> None:
+    """Refuse decoded ``inputs`` of more rows (the longest first dimension) or bytes than
+    allowed."""
+    arrays = list(inputs.values()) if isinstance(inputs, dict) else [inputs]
+    check_rows(max((array.shape[0] if array.ndim else 1 for array in arrays), default=0), max_rows)
+    size = sum(array.nbytes for array in arrays)
+    if size > max_bytes:
+        raise too_large(
+            f"the request decodes to {size:,} bytes of arrays, more than the {max_bytes:,} "
+            "allowed (SERVING_MAX_DECODED_MB)"
+        )
 
 
 def describe(array: Array) -> str:

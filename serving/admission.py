@@ -73,3 +73,88 @@ class FairGate:
             weight, turn = self._waiting.popleft()
             self._take(weight)
             turn.set()
+
+
+class BodyMemory:
+    """The bytes of request bodies a worker holds, within ``capacity``, taken as they arrive.
+
+    A request takes room for each part of its body just before receiving it (so a client that
+    declares a large body and sends one byte holds one read's worth, not its Content-Length),
+    and gives everything back when it ends. Where a part does not fit, the request waits
+    unread, in arrival order. One request at a time may go past the capacity: without that,
+    requests that each hold part of it could all wait on one another for good; with it, the
+    memory held stays under ``capacity`` plus one body.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._free = capacity
+        self._overdrawn: Holding | None = None
+        self._waiting: deque[tuple[Holding, int, Event]] = deque()
+
+    @contextmanager
+    def holding(self) -> Iterator[Holding]:
+        """One request's share, given back when the block ends."""
+        holding = Holding(self)
+        try:
+            yield holding
+        finally:
+            holding.release()
+            if self._overdrawn is holding:
+                self._overdrawn = None
+                self._grant_waiting()
+
+    def _take(self, holding: Holding, size: int) -> None:
+        if self._overdrawn is holding or (not self._waiting and self._grant(holding, size)):
+            self._free -= size
+            return
+        turn = Event()
+        entry = (holding, size, turn)
+        self._waiting.append(entry)
+        try:
+            turn.wait()
+        except BaseException:
+            if entry in self._waiting:
+                self._waiting.remove(entry)
+                self._grant_waiting()
+            else:  # granted just as it was cancelled: it holds the room, given back at its end
+                holding.held += size
+            raise
+
+    def _grant(self, holding: Holding, size: int) -> bool:
+        """Whether ``size`` more may be taken: it fits, or nobody is past the capacity."""
+        if size <= self._free:
+            return True
+        if self._overdrawn is None:
+            self._overdrawn = holding
+            return True
+        return False
+
+    def _give_back(self, size: int) -> None:
+        self._free += size
+        self._grant_waiting()
+
+    def _grant_waiting(self) -> None:
+        while self._waiting and self._grant(self._waiting[0][0], self._waiting[0][1]):
+            _, size, turn = self._waiting.popleft()
+            self._free -= size
+            turn.set()
+
+
+class Holding:
+    """What one request holds of a :class:`BodyMemory`."""
+
+    def __init__(self, memory: BodyMemory) -> None:
+        self._memory = memory
+        self.held = 0
+
+    def take(self, size: int) -> None:
+        """Wait until ``size`` more bytes may be held, then hold them."""
+        self._memory._take(self, size)
+        self.held += size
+
+    def release(self, size: int | None = None) -> None:
+        """Give back ``size`` bytes (``None``: all held)."""
+        size = self.held if size is None else min(size, self.held)
+        self.held -= size
+        if size:
+            self._memory._give_back(size)

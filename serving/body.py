@@ -1,86 +1,184 @@
-"""Reading a request body within the payload limit.
+"""Receiving a request body: within the payload limit, while it keeps arriving, and within
+the memory a worker lets bodies take.
 
-A body with a Content-Length is received straight into one buffer (:class:`SocketBody`):
+A body with a Content-Length is received straight from the socket (:class:`SocketBody`):
 gunicorn's body stream copies it through several buffers and allocates a fresh megabyte for
 each ``recv``, which cost 0.55 ms of CPU for a 0.6 MB body against 0.1 ms received directly,
 half of a conv net's whole request. Chunked bodies go through gunicorn's stream.
+
+A body is received in parts sized to what has arrived, each part's room taken from the
+worker's :class:`~serving.admission.BodyMemory` before it is allocated: a client that declares
+6 MB and sends one byte holds one part's worth. A body that makes no progress for
+``BodyLimits.stall`` seconds is a 408.
 """
 
 from __future__ import annotations
 
+import fcntl
 import io
-from collections.abc import Callable
+import sys
+import termios
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http import HTTPStatus
 from typing import IO, Any, Protocol
 
 from gunicorn.http.body import Body, LengthReader
 from gunicorn.http.errors import ParseException
 from gunicorn.http.unreader import SocketUnreader
 
-from handlers.errors import InvalidInput, PayloadTooLarge
+from handlers.errors import InvalidInput, PayloadTooLarge, ServingError
+
+from .admission import Holding
 
 #: Most a :class:`SocketBody` allocates and reads at once, in bytes.
 MAX_READ_BYTES = 16 << 20
 
+#: Smallest part a body is received in, when less than that has arrived yet; also the most a
+#: chunked body is read in at once through gunicorn's stream.
+MIN_PART_BYTES = 64 << 10
+
 #: Size of the reads that drop a body nobody read.
 DRAIN_READ_BYTES = 64 << 10
 
-#: ``read(n)``: up to ``n`` more bytes of the body (-1: all of it).
-BodyReader = Callable[[int], bytes]
+
+class BodyTimeout(ServingError):
+    """The body stopped arriving."""
+
+    status = HTTPStatus.REQUEST_TIMEOUT
 
 
 class Readable(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
 
 
-def body_reader(
-    stream: IO[bytes], declared: int | None, limit: int | None, too_large: str
-) -> BodyReader:
-    """A reader of the body in ``stream``, ``declared`` bytes long (``None``: chunked);
-    ``too_large`` is the message of the 413 for a body over ``limit``.
+@dataclass(frozen=True)
+class BodyLimits:
+    """What a worker allows a body: at most ``size`` bytes (``None``: any; ``too_large`` is
+    the 413's message), and at most ``stall`` seconds without a byte (``None``: no limit;
+    ``stalled`` is the 408's message)."""
 
-    A Content-Length over ``limit`` is refused before reading; a chunked body is refused once
-    it has passed the limit, which is how an oversize one shows itself; a body shorter than
-    its Content-Length, or empty, is refused too.
+    size: int | None
+    too_large: str = "request body is too large"
+    stall: float | None = None
+    stalled: str = "the request body stopped arriving"
+
+
+class RequestBody:
+    """One request's body, ``declared`` bytes long (``None``: chunked), read from ``stream``
+    within ``limits``, holding what it reads in ``holding`` (if given): each read gives back
+    what the previous one held (a multi-record body is read in chunks, each answered before
+    the next), the request's end gives back the rest. ``sock`` is the connection's socket
+    under ``stream`` (``gunicorn.socket`` in gunicorn's environ), for the stall limit.
+
+    A Content-Length over the limit is refused at the first read; a chunked body is refused
+    once it has passed the limit, which is how an oversize one shows itself; a body shorter
+    than its Content-Length, or empty, is refused too. :attr:`failed` says that a read was
+    refused or cut short: the rest of the body is then unknown, and the connection must end.
     """
-    if declared is not None and limit is not None and declared > limit:
-        raise PayloadTooLarge(too_large)
-    source: Readable = SocketBody.of(stream) or stream
-    total = 0
 
-    def read(size: int) -> bytes:
-        nonlocal total
+    def __init__(
+        self,
+        stream: IO[bytes],
+        declared: int | None,
+        limits: BodyLimits,
+        holding: Holding | None = None,
+        sock: Any = None,
+    ) -> None:
+        self._declared = declared
+        self._limits = limits
+        socket_body = SocketBody.of(stream)
+        reserve = None if holding is None else holding.take
+        if socket_body is not None:
+            socket_body.reserve = reserve
+        self._source: Readable = socket_body or stream
+        self._socket: Any = socket_body.socket if socket_body else sock
+        self._holding = holding
+        self._reserve = reserve
+        self._total = 0
+        self.failed = False
+
+    def read(self, size: int) -> bytes:
+        """Up to ``size`` more bytes (-1: all of it), ``b""`` at the end of the body."""
+        if self._holding is not None:
+            self._holding.release()
+        try:
+            return self._read(size)
+        except BaseException:  # a refusal, a stall, or the request's own timeout meanwhile
+            self.failed = True
+            raise
+
+    def whole(self) -> bytes:
+        """The whole body; one byte past the limit is enough to refuse a chunked one."""
+        return self.read(-1 if self._limits.size is None else self._limits.size + 1)
+
+    def _read(self, size: int) -> bytes:
+        declared, limit = self._declared, self._limits.size
+        if declared is not None and limit is not None and declared > limit:
+            raise PayloadTooLarge(self._limits.too_large)
         if declared is not None:
-            size = declared - total if size < 0 else min(size, declared - total)
-        data = _read(source, size) if size else b""
-        total += len(data)
-        if limit is not None and total > limit:
-            raise PayloadTooLarge(too_large)
+            size = declared - self._total if size < 0 else min(size, declared - self._total)
+        data = self._receive(size) if size else b""
+        self._total += len(data)
+        if limit is not None and self._total > limit:
+            raise PayloadTooLarge(self._limits.too_large)
         if declared is not None and len(data) < size:
-            raise InvalidInput(f"request body ended after {total} of its {declared} bytes")
-        if not total:
+            raise InvalidInput(f"request body ended after {self._total} of its {declared} bytes")
+        if not self._total:
             raise InvalidInput("the request body is empty")
         return data
 
-    return read
+    def _receive(self, wanted: int) -> bytes:
+        """Up to ``wanted`` bytes (all, for -1), however many reads the stream needs."""
+        with self._stall_limit():
+            if isinstance(self._source, SocketBody):
+                return self._source.read(wanted)
+            return self._through_gunicorn(wanted)
+
+    def _through_gunicorn(self, wanted: int) -> bytes:
+        parts = []
+        try:
+            while wanted:
+                size = MIN_PART_BYTES if wanted < 0 else min(wanted, MIN_PART_BYTES)
+                if self._reserve is not None:
+                    self._reserve(size)
+                part = self._source.read(size)
+                if not part:
+                    break
+                parts.append(part)
+                wanted -= len(part) if wanted > 0 else 0
+        except ParseException as exc:  # gunicorn's, for broken chunked framing
+            raise InvalidInput(
+                f"malformed chunked request body: {type(exc).__name__} {exc}"
+            ) from exc
+        return b"".join(parts)
+
+    @contextmanager
+    def _stall_limit(self) -> Iterator[None]:
+        """Each wait for the socket within ``limits.stall``: a socket timeout, which bounds
+        every ``recv`` on its own, so a body that keeps arriving is never cut."""
+        sock, seconds = self._socket, self._limits.stall
+        if sock is None or seconds is None:
+            yield
+            return
+        previous = sock.gettimeout()
+        sock.settimeout(seconds)
+        try:
+            yield
+        except TimeoutError:
+            raise BodyTimeout(self._limits.stalled) from None
+        finally:
+            sock.settimeout(previous)
 
 
-def read_whole(reader: BodyReader, limit: int | None) -> bytes:
-    """The whole body; one byte past ``limit`` is enough to refuse a chunked one."""
-    return reader(-1 if limit is None else limit + 1)
-
-
-def _read(stream: Readable, wanted: int) -> bytes:
-    """Up to ``wanted`` bytes (all, for -1), however many reads the stream needs."""
+def waiting_bytes(sock: Any) -> int:
+    """Bytes received by the kernel and not read yet (FIONREAD; 0 if it cannot say)."""
     try:
-        if wanted < 0:
-            return stream.read()
-        chunks = []
-        while wanted > 0 and (chunk := stream.read(wanted)):
-            chunks.append(chunk)
-            wanted -= len(chunk)
-        return b"".join(chunks)
-    except ParseException as exc:  # gunicorn's, for broken chunked framing
-        raise InvalidInput(f"malformed chunked request body: {type(exc).__name__} {exc}") from exc
+        waiting = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except (OSError, ValueError):  # closed, or not a socket
+        return 0
+    return int.from_bytes(waiting, sys.byteorder)
 
 
 class SocketBody:
@@ -93,9 +191,11 @@ class SocketBody:
 
     def __init__(self, received: bytes, sock: Any, length: int) -> None:
         self._received = received[:length]
-        self._socket = sock
+        self.socket = sock
         #: Body bytes not yet returned.
         self.left = length
+        #: Waits until the given number of bytes more may be held (``None``: no limit).
+        self.reserve: Callable[[int], None] | None = None
 
     @classmethod
     def of(cls, stream: Any) -> SocketBody | None:
@@ -112,18 +212,33 @@ class SocketBody:
 
     def read(self, size: int = -1, /) -> bytes:
         """Up to ``size`` bytes (-1: all that is left) and at most :data:`MAX_READ_BYTES`;
-        fewer only then, or if the peer stopped sending."""
+        fewer only then, or if the peer stopped sending.
+
+        Received in parts as large as what the kernel holds already (at least
+        :data:`MIN_PART_BYTES`): not the whole Content-Length at once, which may lie.
+        """
         size = min(self.left if size < 0 else size, self.left, MAX_READ_BYTES)
-        view = memoryview(bytearray(size))  # not the whole Content-Length at once: it may lie
         head = self._received[:size]
         self._received = self._received[len(head) :]
-        view[: len(head)] = head
+        if head and self.reserve is not None:
+            self.reserve(len(head))
+        parts: list[bytes | memoryview] = []
         got = len(head)
-        while got < size and (count := self._socket.recv_into(view[got:])):
-            got += count
-            self._received_from_socket(count)
+        while got < size:
+            part_size = min(size - got, max(MIN_PART_BYTES, waiting_bytes(self.socket)))
+            if self.reserve is not None:
+                self.reserve(part_size)
+            part = memoryview(bytearray(part_size))
+            filled = 0
+            while filled < part_size and (count := self.socket.recv_into(part[filled:])):
+                filled += count
+                self._received_from_socket(count)
+            parts.append(part[:filled])
+            got += filled
+            if filled < part_size:
+                break  # the peer stopped sending
         self.left -= got
-        return bytes(view[:got])
+        return b"".join([head, *parts]) if parts else head
 
     def drain(self) -> bool:
         """Read and drop what is left of the body; ``False`` if the peer stopped sending first."""
@@ -131,7 +246,7 @@ class SocketBody:
         self._received = b""
         scratch = memoryview(bytearray(min(self.left, DRAIN_READ_BYTES)))
         while self.left:
-            count = self._socket.recv_into(scratch[: self.left])
+            count = self.socket.recv_into(scratch[: self.left])
             if not count:
                 return False
             self._received_from_socket(count)

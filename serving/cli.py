@@ -2,7 +2,7 @@
 
 ``serving serve [--flag VALUE ...]`` starts the server. Every flag has an environment
 variable (``serving serve --help`` lists both); flags win over the environment, which wins
-over the defaults.
+over the defaults. Its exit statuses are :data:`EXIT_STATUSES`.
 """
 
 from __future__ import annotations
@@ -15,16 +15,26 @@ from collections.abc import Sequence
 from .settings import SETTINGS, Settings, SettingsError
 from .startup import check_settings
 
+#: What ``serving serve``'s exit status means (gunicorn's own, but for 2).
+EXIT_STATUSES = {
+    0: "stopped by SIGTERM or SIGINT",
+    1: "could not start, e.g. the port is taken",
+    2: "invalid settings",
+    3: "a worker could not load the model (the reason is logged, on one line)",
+}
+
 
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
         prog="serving", description="Serve a model over SageMaker's /ping and /invocations."
     )
     commands = root.add_subparsers(dest="command", required=True)
+    exit_statuses = "; ".join(f"{code} {meaning}" for code, meaning in EXIT_STATUSES.items())
     serve = commands.add_parser(
         "serve",
         help="start the server",
         description="Start the server. Each flag can also be set by its environment variable.",
+        epilog=f"exit status: {exit_statuses}",
     )
     for setting in SETTINGS:
         help_text = f"{setting.help} [env {setting.env}; default {setting.default_text}]"

@@ -22,13 +22,23 @@ batch wait for it too, unless their runs are tiny (``YIELD_ABOVE``).
 
 No request sees another's rows or errors: if a shared run fails, or its outputs do not line up
 with its inputs, each member is run again alone.
+
+**Timeouts.** The executor sets none of its own: the app bounds the whole request (see
+``ServingApp._deadline``) and the wait for a run ends when the request's time is up. A run in
+a thread cannot be stopped; it is *abandoned*: its thread goes on, and a new one takes its
+slot so that later requests still run. A worker with :data:`MAX_ABANDONED_RUNS` abandoned runs
+still going takes no more threads: it cannot serve, says so on ``/ping``
+(:attr:`GeventExecutor.can_serve`) and asks to be replaced (``on_exhausted``). A shared run
+abandoned at one request's timeout fails the others that joined it with a 504 too.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from itertools import pairwise
@@ -57,11 +67,39 @@ YIELD_ABOVE = 50e-6
 REMEASURE_EVERY = 64
 REMEASURE_ROWS = 4
 
+#: Abandoned runs still going at which a worker stops taking new threads and asks to be
+#: replaced: each may hold a thread, memory and CPU for good (a hook that never returns).
+MAX_ABANDONED_RUNS = 3
 
-class InferenceTimeout(ServingError):
-    """A model run outlived the request timeout; the run itself cannot be stopped."""
+#: The 504 of requests whose shared run was abandoned at another's timeout.
+ABANDONED_SHARED_RUN = "the model run this request shared was abandoned when another timed out"
+
+log = logging.getLogger(__name__)
+
+
+class RequestTimeout(ServingError):
+    """A request outlived ``SAGEMAKER_MODEL_SERVER_TIMEOUT``; a run it waited for goes on,
+    abandoned."""
 
     status = HTTPStatus.GATEWAY_TIMEOUT
+
+
+@contextmanager
+def deadline(seconds: float, message: str) -> Iterator[None]:
+    """:class:`RequestTimeout` with ``message`` once ``seconds`` have passed, wherever the
+    greenlet waits then: for a body, for admission, for a hook or a model run (which is then
+    abandoned). The timer raises a ``gevent.Timeout``, which no ``except Exception`` on the way
+    can swallow, and it becomes the 504 here."""
+    timer = gevent.Timeout(seconds)
+    timer.start()
+    try:
+        yield
+    except gevent.Timeout as exc:
+        if exc is not timer:
+            raise
+        raise RequestTimeout(message) from None
+    finally:
+        timer.close()
 
 
 @dataclass(eq=False)  # identity: requests are found in queues by identity
@@ -131,15 +169,22 @@ class GeventExecutor:
         max_batch_rows: int,
         max_delay: float = 0.0,
         inline_limit: float = 0.001,
-        timeout: float | None = None,
     ) -> None:
         self.concurrency = concurrency
-        self.timeout = timeout
         self.max_batch_rows = max_batch_rows
         self.max_delay = max_delay
         self.inline_limit = inline_limit
         self._pool: ThreadPool | None = None
         self._lanes: dict[Runner, _Lane] = {}
+        #: Runs abandoned at their request's timeout that have not ended yet.
+        self.abandoned = 0
+        #: Called once the worker cannot serve any more (the server stops the worker then).
+        self.on_exhausted: Callable[[], None] | None = None
+
+    @property
+    def can_serve(self) -> bool:
+        """Whether runs can still start: fewer than :data:`MAX_ABANDONED_RUNS` are stuck."""
+        return self.abandoned < MAX_ABANDONED_RUNS
 
     def run(self, runner: Runner, feeds: Feeds, *, batchable: bool) -> Outputs:
         lane = self._lanes.setdefault(runner, _Lane())
@@ -153,15 +198,11 @@ class GeventExecutor:
         if lane.dispatchers < self.concurrency:
             lane.dispatchers += 1
             request.turn.set()
-        deadline = None if self.timeout is None else time.monotonic() + self.timeout
         try:
             while not request.result.ready():
-                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                gevent.wait([request.result, request.turn], count=1, timeout=remaining)
+                gevent.wait([request.result, request.turn], count=1)
                 if request.result.ready():
                     break
-                if not request.turn.is_set():
-                    raise self._timeout()
                 request.turn.clear()
                 self._dispatch(runner, lane)
         finally:
@@ -185,16 +226,39 @@ class GeventExecutor:
                 return
         lane.dispatchers -= 1
 
-    def _timeout(self) -> InferenceTimeout:
-        return InferenceTimeout(
-            f"the model did not answer within {self.timeout:g} s (SAGEMAKER_MODEL_SERVER_TIMEOUT)"
-        )
-
-    def _wait(self, result: AsyncResult) -> Any:
+    def _wait(self, done: AsyncResult) -> Any:
+        """The result of a run in a pool thread; if the wait ends first (the request's
+        timeout), the run is abandoned."""
         try:
-            return result.get(timeout=self.timeout)
-        except gevent.Timeout:
-            raise self._timeout() from None
+            return done.get()
+        except BaseException:
+            if not done.ready():
+                self._abandon(done)
+            raise
+
+    def _abandon(self, done: AsyncResult) -> None:
+        """Give a stuck run's slot to a new thread, until too many are stuck."""
+        self.abandoned += 1
+        log.error(
+            "a run goes on after its request ended (timed out, or cut by a stop): abandoned, "
+            "%d still going",
+            self.abandoned,
+        )
+        if self.can_serve:
+            pool = self._threads()
+            pool.maxsize += 1
+            done.rawlink(lambda _: self._abandoned_ended(pool))
+            return
+        log.error("%d runs are stuck: this worker cannot serve; replacing it", self.abandoned)
+        if self.on_exhausted is not None:
+            self.on_exhausted()
+        done.rawlink(lambda _: self._abandoned_ended(None))
+
+    def _abandoned_ended(self, pool: ThreadPool | None) -> None:
+        """An abandoned run ended: its extra thread (if it was given one) is not needed."""
+        self.abandoned -= 1
+        if pool is not None:
+            pool.maxsize -= 1
 
     def _execute(
         self,
@@ -290,9 +354,12 @@ class GeventExecutor:
                 except Exception as exc:  # noqa: BLE001 - handed to the waiting request
                     request.result.set_exception(exc)
         except BaseException as exc:  # never leave a request waiting forever
+            # The dispatching request's own timeout (or its greenlet's end) abandons the run
+            # it shares: the others get a 504 rather than the dispatcher's exception.
+            shared = exc if isinstance(exc, Exception) else RequestTimeout(ABANDONED_SHARED_RUN)
             for request in batch:
                 if not request.result.ready():
-                    request.result.set_exception(exc)
+                    request.result.set_exception(shared)
             raise
 
     def _run_together(self, runner: Runner, lane: _Lane, batch: list[_Request]) -> bool:
@@ -304,10 +371,6 @@ class GeventExecutor:
             rows = sum(request.rows for request in batch)
             outputs = self._execute(runner, lane, feeds, rows, together=True, joined=joined)
             split = _split(outputs, batch)
-        except InferenceTimeout as exc:  # one by one would only time out again, each
-            for request in batch:
-                request.result.set_exception(exc)
-            return True
         except Exception:  # noqa: BLE001 - retried one by one: each gets its own error
             return False
         if split is None:

@@ -227,9 +227,16 @@ class Http11Loop:
                 rest = iter(result)
                 # PEP 3333: an app may call start_response as late as its first part.
                 parts: Iterable[bytes] = itertools.chain((next(rest, b""),), rest)
-                # A stop that began while the app ran ends the connection too.
-                keep_open = worker.alive and bool(self._keepalive) and not _asks_close(environ)
-                head = _head(response.status, response.headers, keep_open)
+                # A stop that began while the app ran ends the connection too, and so does an
+                # app that says so (a body it could not read to its end).
+                headers, app_closes = _without_connection(response.headers)
+                keep_open = (
+                    worker.alive
+                    and bool(self._keepalive)
+                    and not app_closes
+                    and not _asks_close(environ)
+                )
+                head = _head(response.status, headers, keep_open)
             except Exception:
                 log.exception(
                     "error answering %s %s", environ["REQUEST_METHOD"], environ["PATH_INFO"]
@@ -245,16 +252,20 @@ class Http11Loop:
         finally:
             if hasattr(result, "close"):
                 result.close()
-            path, query = environ["PATH_INFO"], environ["QUERY_STRING"]
-            worker.log.served(
-                environ.get("REMOTE_ADDR", "-"),
-                f"{environ['REQUEST_METHOD']} {path}{'?' if query else ''}{query} HTTP/1.1",
-                path,
-                response.status,
-                sent,
-                time.monotonic() - started,
-            )
+            if response.status:  # not for a request cut before it had an answer (a stop)
+                self._log(environ, response.status, sent, started)
         return keep_open, received, body
+
+    def _log(self, environ: dict[str, Any], status: str, sent: int, started: float) -> None:
+        path, query = environ["PATH_INFO"], environ["QUERY_STRING"]
+        self._worker.log.served(
+            environ.get("REMOTE_ADDR", "-"),
+            f"{environ['REQUEST_METHOD']} {path}{'?' if query else ''}{query} HTTP/1.1",
+            path,
+            status,
+            sent,
+            time.monotonic() - started,
+        )
 
 
 def _plain(environ: dict[str, Any], handed_over: tuple[str, ...]) -> bool:
@@ -290,6 +301,17 @@ def _head(status: str, headers: list[tuple[str, str]], keep_open: bool) -> bytes
         f"HTTP/1.1 {status}\r\nServer: {SERVER}\r\nDate: {_Date.now()}\r\n"
         f"Connection: {'keep-alive' if keep_open else 'close'}\r\n{fields}\r\n"
     ).encode("latin-1")
+
+
+def _without_connection(headers: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], bool]:
+    """The app's headers less ``Connection``, which this loop writes, and whether the app
+    asked to close the connection with it."""
+    if not any(name.lower() == "connection" for name, _ in headers):
+        return headers, False
+    kept = [(name, value) for name, value in headers if name.lower() != "connection"]
+    return kept, any(
+        name.lower() == "connection" and value.lower() == "close" for name, value in headers
+    )
 
 
 def _asks_close(environ: dict[str, Any]) -> bool:

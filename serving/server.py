@@ -4,7 +4,7 @@ The master binds the port, supervises workers and turns SIGTERM into a graceful 
 validates the settings (and the handler's name) before starting, and imports neither Werkzeug
 nor numpy, so it stays small. Each worker builds the app and loads its own model after fork;
 a worker that cannot exits with gunicorn's boot-error status, which makes the master stop the
-whole server instead of reporting healthy.
+whole server, with that status, instead of reporting healthy.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
+from gunicorn.errors import HaltServer
 
 from .logs import access_logger, logging_config
 from .settings import Settings, SettingsError
@@ -37,6 +38,7 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "timeout": settings.timeout,
         "graceful_timeout": settings.graceful_timeout,
         "keepalive": settings.keepalive,
+        "worker_connections": settings.worker_connections,
         "preload_app": False,  # each worker builds the app: the master stays small
         "proc_name": "serving",
         "accesslog": "-",
@@ -49,6 +51,25 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "worker_tmp_dir": "/dev/shm" if os.path.isdir("/dev/shm") else None,  # noqa: S108
         "control_socket_disable": True,
     }
+
+
+class ServingArbiter(Arbiter):  # type: ignore[misc]  # gunicorn is untyped
+    """gunicorn's master, stopping once. Two workers that cannot load the model fail moments
+    apart; the second, reaped while the master stops for the first, would have it stop again
+    from inside that stop: a traceback and exit status 1 instead of the boot-error status."""
+
+    stopping = False
+
+    def stop(self, graceful: bool = True) -> None:
+        self.stopping = True
+        super().stop(graceful)
+
+    def reap_workers(self) -> None:
+        try:
+            super().reap_workers()
+        except HaltServer:
+            if not self.stopping:
+                raise
 
 
 class ServingApplication(BaseApplication):  # type: ignore[misc]  # gunicorn is untyped
@@ -68,6 +89,14 @@ class ServingApplication(BaseApplication):  # type: ignore[misc]  # gunicorn is 
         for key, value in options.items():
             if value is not None:
                 self.cfg.set(key, value)
+
+    def run(self) -> None:
+        """As gunicorn's ``BaseApplication.run``, with :class:`ServingArbiter`."""
+        try:
+            ServingArbiter(self).run()
+        except RuntimeError as exc:
+            print(f"\nError: {exc}\n", file=sys.stderr, flush=True)
+            sys.exit(1)
 
     def load(self) -> ServingApp:
         """Build the app, in a worker."""

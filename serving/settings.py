@@ -204,8 +204,9 @@ class Settings:
         "SERVING_MAX_ACTIVE_REQUESTS",
         "--max-active-requests",
         parse.integer(0),
-        "Requests a worker reads, decodes and runs at once; the others wait, unread, so that "
-        "/ping is answered at once even under load. 0 means max batch size + concurrency.",
+        "Requests a worker decodes and runs at once; the others wait, their bodies received, "
+        "so that /ping is answered at once even under load. 0 means max batch size + "
+        "concurrency.",
         default_text="0 (batch + concurrency)",
     )
     max_active_mb: float = _setting(
@@ -213,17 +214,39 @@ class Settings:
         "SERVING_MAX_ACTIVE_MB",
         "--max-active-mb",
         parse.positive_number,
-        "MiB of request bodies a worker reads, decodes and runs at once (a larger body goes "
-        "in alone); with the request limit, this keeps /ping fast under large bodies.",
+        "MiB of request bodies a worker decodes and runs at once (a larger body goes in "
+        "alone); with the request limit, this keeps /ping fast under large bodies.",
         default_text="5",
+    )
+    max_decoded_mb: float = _setting(
+        0.0,
+        "SERVING_MAX_DECODED_MB",
+        "--max-decoded-mb",
+        parse.non_negative_number,
+        "MiB the arrays decoded from one request body may take (a compressed .npz inflated, "
+        "RecordIO's sparse tensors made dense); past it, a 413. 0 means 16 times the body "
+        "limit (96 MiB for 6 MiB), or 1024 MiB without one.",
+        default_text="0 (16 x body limit)",
+    )
+    max_rows: int = _setting(
+        0,
+        "SERVING_MAX_ROWS",
+        "--max-rows",
+        parse.integer(0),
+        "Rows (length of the first dimension) one request's decoded inputs may have; past "
+        "it, a 413 (multi-record CSV and JSON Lines bodies, read in chunks, are answered in "
+        "parts instead). 0 means one row per 16 bytes of the body limit (393,216 for 6 MiB), "
+        "or 67,108,864 without one.",
+        default_text="0 (body limit / 16 B)",
     )
     timeout: int = _setting(
         60,
         "SAGEMAKER_MODEL_SERVER_TIMEOUT",
         "--timeout",
         parse.integer(1),
-        "Seconds a request waits for its model run before a 504, and a worker's event loop "
-        "may stay blocked before gunicorn restarts the worker.",
+        "Seconds a request may take once its head has arrived (its body, waiting for "
+        "admission, every inference.py hook and the model run together) before a 504; also "
+        "how long a worker's event loop may stay blocked before gunicorn restarts it.",
     )
     graceful_timeout: int = _setting(
         25,
@@ -238,6 +261,25 @@ class Settings:
         "--keepalive",
         parse.integer(0),
         "Seconds an idle keep-alive connection is kept open.",
+    )
+    body_timeout: float = _setting(
+        10.0,
+        "SERVING_BODY_TIMEOUT",
+        "--body-timeout",
+        parse.positive_number,
+        "Seconds a request body may make no progress (no byte arrives) before the request "
+        "gets a 408 and its connection is closed.",
+        default_text="10",
+    )
+    max_buffered_mb: float = _setting(
+        64.0,
+        "SERVING_MAX_BUFFERED_MB",
+        "--max-buffered-mb",
+        parse.positive_number,
+        "MiB of request bodies a worker holds in memory at once, received or still "
+        "arriving; past it, bodies wait unread (one at a time may go past it, so that "
+        "reading never stops for good).",
+        default_text="64",
     )
     default_accept: str = _setting(
         "application/json",
@@ -324,6 +366,15 @@ class Settings:
         "Access-log GET /ping too (off: SageMaker pings every few seconds).",
         default_text="false",
         is_switch=True,
+    )
+    worker_connections: int = _setting(
+        1000,
+        "SERVING_WORKER_CONNECTIONS",
+        "--worker-connections",
+        parse.integer(1),
+        "Connections one worker keeps open at once. At the limit it closes the keep-alive "
+        "connections idle the longest, so that a new connection (and /ping) gets through; "
+        "past it, with none idle, new connections wait to be accepted.",
     )
 
     def execution_parameters(self) -> dict[str, int | str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import gevent
 import numpy as np
@@ -13,7 +14,13 @@ from handlers.errors import InvalidInput
 from handlers.execution import Feeds
 from handlers.tensors import Outputs
 from serving.admission import FairGate
-from serving.execution import YIELD_ABOVE, GeventExecutor, InferenceTimeout
+from serving.execution import (
+    MAX_ABANDONED_RUNS,
+    YIELD_ABOVE,
+    GeventExecutor,
+    RequestTimeout,
+    deadline,
+)
 
 
 class Model:
@@ -250,21 +257,32 @@ def test_a_waiter_that_gives_up_frees_the_ones_behind_it() -> None:
     first.join()
 
 
+def within(seconds: float, call: Callable[[], Outputs]) -> Outputs:
+    """``call()`` under a request's deadline, as the app sets it."""
+    with deadline(seconds, f"did not complete within {seconds:g} s"):
+        return call()
+
+
 def test_a_run_that_outlives_the_timeout_gives_504() -> None:
     model = Model(delay=0.5)
-    executor = GeventExecutor(1, max_batch_rows=64, timeout=0.05)
-    with pytest.raises(InferenceTimeout, match=r"did not answer within 0\.05 s") as raised:
-        executor.run(model, {"x": rows(0, 1)}, batchable=True)
+    executor = GeventExecutor(1, max_batch_rows=64)
+    feeds = {"x": rows(0, 1)}
+    with pytest.raises(RequestTimeout, match=r"within 0\.05 s") as raised:
+        within(0.05, lambda: executor.run(model, feeds, batchable=True))
     assert raised.value.status == 504
-    with pytest.raises(InferenceTimeout):
-        executor.run(model, {"x": rows(0, 1)}, batchable=False)
+    with pytest.raises(RequestTimeout):
+        within(0.05, lambda: executor.run(model, feeds, batchable=False))
 
 
-def timed_out_storm(executor: GeventExecutor, model: Model, count: int) -> list[object]:
+def timed_out_storm(
+    executor: GeventExecutor, model: Model, count: int, seconds: float
+) -> list[object]:
     def one(seed: int) -> object:
         try:
-            return executor.run(model, {"x": rows(seed, 1)}, batchable=True)
-        except InferenceTimeout as exc:
+            return within(
+                seconds, lambda: executor.run(model, {"x": rows(seed, 1)}, batchable=True)
+            )
+        except RequestTimeout as exc:
             return exc
 
     greenlets = [gevent.spawn(one, seed) for seed in range(count)]
@@ -274,9 +292,9 @@ def timed_out_storm(executor: GeventExecutor, model: Model, count: int) -> list[
 
 def test_requests_that_time_out_do_not_jam_the_queue() -> None:
     model = Model(delay=0.2)
-    executor = GeventExecutor(1, max_batch_rows=2, timeout=0.3)
-    results = timed_out_storm(executor, model, 5)
-    assert any(isinstance(result, InferenceTimeout) for result in results)
+    executor = GeventExecutor(1, max_batch_rows=2)
+    results = timed_out_storm(executor, model, 5, seconds=0.3)
+    assert any(isinstance(result, RequestTimeout) for result in results)
     model.delay = 0  # the model is fast again: a jammed queue would still time out here
     outputs = executor.run(model, {"x": rows(9, 1)}, batchable=True)
     np.testing.assert_array_equal(outputs["y"], 2 * rows(9, 1))
@@ -284,9 +302,56 @@ def test_requests_that_time_out_do_not_jam_the_queue() -> None:
 
 def test_a_batch_that_times_out_is_not_run_again_one_by_one() -> None:
     model = Model(delay=0.3)
-    executor = GeventExecutor(1, max_batch_rows=8, timeout=0.1)
-    timed_out_storm(executor, model, 3)
+    executor = GeventExecutor(1, max_batch_rows=8)
+    timed_out_storm(executor, model, 3, seconds=0.1)
     assert len(model.batches) <= 2  # the first lone run, then one batch; no reruns
+
+
+class Stuck:
+    """A model whose runs wait until released, as a hook that hangs."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def __call__(self, feeds: Feeds) -> Outputs:
+        self.release.wait(10)
+        return {"y": feeds["x"]}
+
+
+def test_a_stuck_run_gives_its_slot_to_the_next_request() -> None:
+    stuck, fast = Stuck(), Model(delay=0)
+    executor = GeventExecutor(1, max_batch_rows=8)
+    try:
+        with pytest.raises(RequestTimeout):
+            within(0.05, lambda: executor.run(stuck, {"x": rows(0, 1)}, batchable=False))
+        assert executor.abandoned == 1
+        started = time.monotonic()
+        outputs = within(2, lambda: executor.call(fast, {"x": rows(1, 2)}))
+        assert time.monotonic() - started < 0.5  # not behind the stuck run
+        np.testing.assert_array_equal(outputs["y"], 2 * rows(1, 2))
+        assert executor.can_serve
+    finally:
+        stuck.release.set()
+    gevent.sleep(0.1)  # the abandoned thread ends: its extra slot goes
+    assert executor.abandoned == 0
+
+
+def test_a_worker_with_too_many_stuck_runs_cannot_serve_and_asks_to_stop() -> None:
+    stuck = Stuck()
+    executor = GeventExecutor(1, max_batch_rows=8)
+    exhausted: list[bool] = []
+    executor.on_exhausted = lambda: exhausted.append(True)
+    try:
+        for seed in range(MAX_ABANDONED_RUNS):
+            assert executor.can_serve
+            with pytest.raises(RequestTimeout):
+                within(0.05, lambda: executor.call(stuck, {"x": rows(seed, 1)}))  # noqa: B023
+        assert not executor.can_serve
+        assert exhausted == [True]
+    finally:
+        stuck.release.set()
+    gevent.sleep(0.1)
+    assert executor.abandoned == 0
 
 
 @pytest.mark.parametrize("widths", [(3, 3, 3, 3), (3, 4, 3, 4, 5)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +11,12 @@ from werkzeug.test import Client
 
 from handlers import HandlerConfig, InvocationContext
 from handlers.base import Encoded
+from handlers.errors import InvalidInput
 from handlers.onnx_handler import OnnxHandler
 from handlers.tensors import Inputs, Outputs
 from serving import Settings
 from serving.app import ServingApp, create_app, load_model
+from serving.negotiation import choose_accept
 from tests.wire import npy_bytes
 
 BODY = b"[[1, 2, 3, 4]]"
@@ -174,3 +177,20 @@ def test_a_handler_that_writes_any_type_gets_the_clients_preference(
     response = Client(app).post("/invocations", data=b"?", headers=headers)
     assert response.status_code == 200
     assert response.data == passed.encode()
+
+
+def test_a_hostile_accept_costs_the_event_loop_little() -> None:
+    def accept(seed: int) -> str:  # new each time, so no cache helps
+        return ", ".join(f"application/x-{seed}-{i};q=0.{i % 9 + 1}" for i in range(280))
+
+    started = time.perf_counter()
+    for seed in range(50):
+        with pytest.raises(InvalidInput, match="Accept header is 7"):
+            choose_accept(accept(seed), ("application/json",), "application/json")
+    assert (time.perf_counter() - started) / 50 < 0.0003  # parsed, each took 2.7 ms
+
+
+def test_an_accept_as_long_as_sagemaker_allows_is_parsed() -> None:
+    accept = ", ".join(["text/csv;q=0.5"] * 68)[:1024]
+    assert len(accept) == 1024
+    assert choose_accept(accept, ("application/json", "text/csv"), "application/json") == "text/csv"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from ..tensors import MAX_EXPANDED_BYTES
+from ..tensors import MAX_EXPANDED_BYTES, MAX_ROWS
 from .csv_codec import CsvCodec
 from .json_codecs import JsonCodec, JsonLinesCodec
 from .numpy_codecs import NpyCodec, NpzCodec
@@ -20,30 +20,36 @@ from .recordio import RecordIOCodec
 from .registry import CodecRegistry, Decoder, DuplicateMediaType, Encoder
 
 
-def default_codecs(max_expanded_bytes: int = MAX_EXPANDED_BYTES) -> CodecRegistry:
+def default_codecs(
+    max_expanded_bytes: int = MAX_EXPANDED_BYTES, max_rows: int = MAX_ROWS
+) -> CodecRegistry:
     """A new registry holding the built-in codecs, JSON first.
 
     ``max_expanded_bytes`` bounds what one body may expand to: a compressed ``.npz``
-    unpacked, or RecordIO's sparse tensors made dense.
+    unpacked, or RecordIO's sparse tensors made dense; ``max_rows`` the rows it may hold.
+    The handler holds every decoder's result to both (:meth:`handlers.Handler.decode`); these
+    codecs stop as soon as they see a body pass them, before they have decoded it.
     """
     return CodecRegistry(
         [
             JsonCodec(),
             JsonLinesCodec(),
-            CsvCodec(),
+            CsvCodec(max_rows),
             NpyCodec(),
-            NpzCodec(max_expanded_bytes),
-            RecordIOCodec(max_expanded_bytes),
+            NpzCodec(max_expanded_bytes, max_rows),
+            RecordIOCodec(max_expanded_bytes, max_rows),
         ]
     )
 
 
 def installed_codecs(
-    max_expanded_bytes: int = MAX_EXPANDED_BYTES, names: Collection[str] | None = None
+    max_expanded_bytes: int = MAX_EXPANDED_BYTES,
+    names: Collection[str] | None = None,
+    max_rows: int = MAX_ROWS,
 ) -> CodecRegistry:
     """The built-in codecs plus those of installed plugins (all, or those ``names`` names;
     see :mod:`.plugins`)."""
-    return register_codec_plugins(default_codecs(max_expanded_bytes), names=names)
+    return register_codec_plugins(default_codecs(max_expanded_bytes, max_rows), names=names)
 
 
 __all__ = [

@@ -153,6 +153,9 @@ def _response(outputs: Outputs) -> dict[str, Any]:
 
 class JsonCodec:
     media_type = "application/json"
+    #: At worst (a column of integers) 30 MB/s, and 25 million values a second written.
+    decode_bytes_per_second = 30e6
+    encode_values_per_second = 25e6
 
     def decode(self, body: bytes) -> Inputs:
         return decode_document(_loads(strip_bom(body), "body "))
@@ -167,6 +170,10 @@ class JsonLinesCodec:
     records as instances."""
 
     media_type = "application/jsonlines"
+    #: At worst (a number a line) 30 MB/s; answers are written line by line in Python, a
+    #: line in 2.5 µs: 0.4 million values a second for rows of one value.
+    decode_bytes_per_second = 30e6
+    encode_values_per_second = 0.4e6
 
     def decode(self, body: bytes) -> Inputs:
         body = strip_bom(body)
