@@ -49,6 +49,15 @@ class RecordError(InvalidInput):
         return RecordError(self.media_type, self.line + lines_before, self.reason)
 
 
+class DecodesTooLarge(InvalidInput):
+    """The body decodes to more rows or bytes of arrays than the server takes: a 413, since
+    the data may be valid and a smaller request would be served. An :class:`InvalidInput`
+    still, so that a multi-record body's chunk past the row cap is answered in halves (see
+    :mod:`handlers.records`)."""
+
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+
 class PayloadTooLarge(ServingError):
     status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
 

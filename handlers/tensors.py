@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from http import HTTPStatus
 from typing import Any, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 
-from .errors import InvalidInput
+from .errors import DecodesTooLarge, InvalidInput
 
 Array: TypeAlias = npt.NDArray[Any]
 
@@ -33,17 +32,9 @@ MAX_ROWS = MAX_EXPANDED_BYTES // 16
 NUMERIC_KINDS = frozenset("biuf")
 
 
-def too_large(message: str) -> InvalidInput:
-    """The error for a body whose decoded inputs pass a cap: a 413, since the data may be
-    valid and a smaller request would be served (RFC 9110: content larger than the server is
-    willing to process). An :class:`InvalidInput` still, so that a multi-record body's chunk
-    that passes the row cap is answered in halves (see :mod:`handlers.records`)."""
-    return InvalidInput(message, status=HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
-
-
-def too_many_rows(rows: str, max_rows: int) -> InvalidInput:
+def too_many_rows(rows: str, max_rows: int) -> DecodesTooLarge:
     """``rows`` says how many there are (``"6,200,000 rows"``, ``"more than 1,000 records"``)."""
-    return too_large(
+    return DecodesTooLarge(
         f"the request decodes to {rows}, more than the {max_rows:,} allowed (SERVING_MAX_ROWS); "
         "send fewer rows per request"
     )
@@ -61,7 +52,7 @@ def check_decoded(inputs: Inputs, max_bytes: int, max_rows: int) -> None:
     check_rows(max((array.shape[0] if array.ndim else 1 for array in arrays), default=0), max_rows)
     size = sum(array.nbytes for array in arrays)
     if size > max_bytes:
-        raise too_large(
+        raise DecodesTooLarge(
             f"the request decodes to {size:,} bytes of arrays, more than the {max_bytes:,} "
             "allowed (SERVING_MAX_DECODED_MB)"
         )

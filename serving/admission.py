@@ -1,15 +1,18 @@
-"""First come, first served admission of requests into a worker's expensive work.
+"""First come, first served admission of requests into a worker's expensive work, and the
+memory their bodies hold.
 
-A worker lets at most ``requests`` requests, with at most ``body_bytes`` of bodies between
-them, read, decode and run at once; the rest wait unread. Both limits keep the event loop's
-backlog short, so that ``/ping`` is answered within milliseconds under load: many small
-requests may be in at once (they batch), few large ones (reading and decoding a 0.6 MB body
-takes the loop as long as a small model's whole request).
+:class:`FairGate`: a worker lets at most ``requests`` requests, with at most ``body_bytes`` of
+bodies between them, decode and run at once; the rest wait, their bodies received. Both limits
+keep the event loop's backlog short, so that ``/ping`` is answered within milliseconds under
+load: many small requests may be in at once (they batch), few large ones (decoding a 0.6 MB
+body takes the loop as long as a small model's whole request).
+
+:class:`BodyMemory`: the bytes of bodies received or arriving, taken as they arrive, so that a
+client whose body stalls holds its own bytes and nobody's turn.
 
 gevent's semaphores let a newly arrived greenlet take a free slot ahead of those already
 waiting, which under load starves some requests for seconds; here a request waits behind every
-older one, and the oldest goes in as soon as it fits.
-"""
+older one, and the oldest goes in as soon as it fits."""
 
 from __future__ import annotations
 

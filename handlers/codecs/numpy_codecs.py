@@ -23,14 +23,13 @@ from typing import Any
 import numpy as np
 from numpy.lib import format as npy_format
 
-from ..errors import InvalidInput, NotAcceptable
+from ..errors import DecodesTooLarge, InvalidInput, NotAcceptable
 from ..tensors import (
     MAX_EXPANDED_BYTES,
     MAX_ROWS,
     Array,
     Inputs,
     Outputs,
-    too_large,
     too_many_rows,
 )
 
@@ -186,7 +185,7 @@ class NpzCodec:
             # Declared sizes: a member is never inflated past its own (see _read_member).
             expanded = sum(member.file_size for member in members)
             if expanded > self.max_expanded_bytes:
-                raise too_large(
+                raise DecodesTooLarge(
                     f".npz archive expands to {expanded:,} bytes, more than the "
                     f"{self.max_expanded_bytes:,} allowed (SERVING_MAX_DECODED_MB)"
                 )

@@ -23,8 +23,8 @@ from typing import Any, NoReturn
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import InvalidInput, NotAcceptable
-from ..tensors import MAX_EXPANDED_BYTES, MAX_ROWS, Array, Inputs, Outputs, too_large, too_many_rows
+from ..errors import DecodesTooLarge, InvalidInput, NotAcceptable
+from ..tensors import MAX_EXPANDED_BYTES, MAX_ROWS, Array, Inputs, Outputs, too_many_rows
 from .json_codecs import record_count
 from .recordio_uniform import uniform_payloads, value_columns
 
@@ -294,7 +294,7 @@ class _Gathered:
             raise InvalidInput(f"shape has {len(shape)} dimensions, more than {MAX_RECORD_DIMS}")
         size = math.prod(shape)
         if size > self.room or max(shape) > self.room:
-            raise too_large(
+            raise DecodesTooLarge(
                 f"shape {list(shape)} would expand the body past the "
                 f"{self.max_values} values allowed (8 bytes each: SERVING_MAX_DECODED_MB)"
             )
