@@ -355,7 +355,9 @@ def error_reply(status: int, message: str) -> Reply:
 
 
 def _serving_error(exc: ServingError) -> Reply:
-    if exc.status >= HTTPStatus.INTERNAL_SERVER_ERROR:
+    if isinstance(exc, NotReady):  # answered to every ping meanwhile; its cause was logged once
+        log.info("503 %s", exc.message)
+    elif exc.status >= HTTPStatus.INTERNAL_SERVER_ERROR:
         log.error("%s: %s", type(exc).__name__, exc.message, exc_info=exc.__cause__)
     else:  # the client's mistake: no stack trace
         log.info("%d %s: %s", exc.status, type(exc).__name__, exc.message)
