@@ -143,4 +143,8 @@ class ServingApplication(BaseApplication):  # type: ignore[misc]  # gunicorn is 
 
 def serve(settings: Settings) -> None:
     """Run the server until it is stopped; exits non-zero if a worker cannot load its model."""
+    if not settings.onnxruntime_telemetry:
+        # Read by onnxruntime when it starts, in each worker: no device id written to
+        # $HOME/.cache (a read-only root made every worker print a warning), nothing sent.
+        os.environ["ORT_DISABLE_TELEMETRY"] = "1"
     ServingApplication(settings).run()

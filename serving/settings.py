@@ -126,6 +126,16 @@ class Settings:
         default_text="false",
         is_switch=True,
     )
+    onnxruntime_telemetry: bool = _setting(
+        False,
+        "SERVING_ONNXRUNTIME_TELEMETRY",
+        "--onnxruntime-telemetry",
+        parse.boolean,
+        "Let onnxruntime keep its device id under $HOME/.cache and send its telemetry; off, "
+        "workers start it with ORT_DISABLE_TELEMETRY=1.",
+        default_text="false",
+        is_switch=True,
+    )
     code_dir: Path | None = _setting(
         None,
         "SAGEMAKER_SUBMIT_DIRECTORY",
