@@ -48,9 +48,11 @@ def check_rows(rows: int, max_rows: int) -> None:
 def check_decoded(inputs: Inputs, max_bytes: int, max_rows: int) -> None:
     """Refuse decoded ``inputs`` of more rows (the longest first dimension) or bytes than
     allowed."""
-    arrays = list(inputs.values()) if isinstance(inputs, dict) else [inputs]
-    check_rows(max((array.shape[0] if array.ndim else 1 for array in arrays), default=0), max_rows)
-    size = sum(array.nbytes for array in arrays)
+    rows = size = 0
+    for array in inputs.values() if isinstance(inputs, dict) else (inputs,):
+        rows = max(rows, array.shape[0] if array.ndim else 1)
+        size += array.nbytes
+    check_rows(rows, max_rows)
     if size > max_bytes:
         raise DecodesTooLarge(
             f"the request decodes to {size:,} bytes of arrays, more than the {max_bytes:,} "

@@ -94,17 +94,15 @@ class BodyMemory:
         self._overdrawn: Holding | None = None
         self._waiting: deque[tuple[Holding, int, Event]] = deque()
 
-    @contextmanager
-    def holding(self) -> Iterator[Holding]:
-        """One request's share, given back when the block ends."""
-        holding = Holding(self)
-        try:
-            yield holding
-        finally:
-            holding.release()
-            if self._overdrawn is holding:
-                self._overdrawn = None
-                self._grant_waiting()
+    def holding(self) -> Holding:
+        """One request's share: ``with memory.holding() as holding:``, given back at the end."""
+        return Holding(self)
+
+    def _end(self, holding: Holding) -> None:
+        holding.release()
+        if self._overdrawn is holding:
+            self._overdrawn = None
+            self._grant_waiting()
 
     def _take(self, holding: Holding, size: int) -> None:
         if self._overdrawn is holding or (not self._waiting and self._grant(holding, size)):
@@ -144,11 +142,20 @@ class BodyMemory:
 
 
 class Holding:
-    """What one request holds of a :class:`BodyMemory`."""
+    """What one request holds of a :class:`BodyMemory`; a context manager that gives it all
+    back at the end (a class, not a generator: it is entered by every request)."""
+
+    __slots__ = ("_memory", "held")
 
     def __init__(self, memory: BodyMemory) -> None:
         self._memory = memory
         self.held = 0
+
+    def __enter__(self) -> Holding:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._memory._end(self)
 
     def take(self, size: int) -> None:
         """Wait until ``size`` more bytes may be held, then hold them."""

@@ -18,8 +18,7 @@ import fcntl
 import io
 import sys
 import termios
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import IO, Any, Protocol
@@ -130,11 +129,27 @@ class RequestBody:
         return data
 
     def _receive(self, wanted: int) -> bytes:
-        """Up to ``wanted`` bytes (all, for -1), however many reads the stream needs."""
-        with self._stall_limit():
-            if isinstance(self._source, SocketBody):
-                return self._source.read(wanted)
-            return self._through_gunicorn(wanted)
+        """Up to ``wanted`` bytes (all, for -1), however many reads the stream needs, each wait
+        for the socket within ``limits.stall``: a socket timeout, which bounds every ``recv``
+        on its own, so a body that keeps arriving is never cut."""
+        source, sock, seconds = self._source, self._socket, self._limits.stall
+        if isinstance(source, SocketBody) and source.received(wanted):
+            return source.read(wanted)  # no wait for the socket: the usual small body
+        if sock is None or seconds is None:
+            return self._from_source(wanted)
+        previous = sock.gettimeout()
+        sock.settimeout(seconds)
+        try:
+            return self._from_source(wanted)
+        except TimeoutError:
+            raise BodyTimeout(self._limits.stalled) from None
+        finally:
+            sock.settimeout(previous)
+
+    def _from_source(self, wanted: int) -> bytes:
+        if isinstance(self._source, SocketBody):
+            return self._source.read(wanted)
+        return self._through_gunicorn(wanted)
 
     def _through_gunicorn(self, wanted: int) -> bytes:
         parts = []
@@ -153,23 +168,6 @@ class RequestBody:
                 f"malformed chunked request body: {type(exc).__name__} {exc}"
             ) from exc
         return b"".join(parts)
-
-    @contextmanager
-    def _stall_limit(self) -> Iterator[None]:
-        """Each wait for the socket within ``limits.stall``: a socket timeout, which bounds
-        every ``recv`` on its own, so a body that keeps arriving is never cut."""
-        sock, seconds = self._socket, self._limits.stall
-        if sock is None or seconds is None:
-            yield
-            return
-        previous = sock.gettimeout()
-        sock.settimeout(seconds)
-        try:
-            yield
-        except TimeoutError:
-            raise BodyTimeout(self._limits.stalled) from None
-        finally:
-            sock.settimeout(previous)
 
 
 def waiting_bytes(sock: Any) -> int:
@@ -209,6 +207,12 @@ class SocketBody:
         if type(reader) is not LengthReader or not isinstance(reader.unreader, SocketUnreader):
             return None
         return _GunicornSocketBody(reader)
+
+    def received(self, size: int) -> bool:
+        """Whether a read of ``size`` bytes (-1: all that is left) needs nothing from the
+        socket."""
+        wanted = self.left if size < 0 else min(size, self.left)
+        return len(self._received) >= min(wanted, MAX_READ_BYTES)
 
     def read(self, size: int = -1, /) -> bytes:
         """Up to ``size`` bytes (-1: all that is left) and at most :data:`MAX_READ_BYTES`;
