@@ -43,11 +43,59 @@ def parser() -> argparse.ArgumentParser:
             serve.add_argument(setting.flag, dest=setting.name, action=switch, help=help_text)
         else:
             serve.add_argument(setting.flag, dest=setting.name, metavar="VALUE", help=help_text)
+    _add_endpoint(commands)
     return root
+
+
+def _add_endpoint(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from .endpoint.main import EXIT_STATUSES as ENDPOINT_EXIT_STATUSES
+    from .endpoint.settings import ENDPOINT_SETTINGS
+
+    exit_statuses = "; ".join(f"{code} {text}" for code, text in ENDPOINT_EXIT_STATUSES.items())
+    endpoint = commands.add_parser(
+        "endpoint",
+        help="serve SageMaker's InvokeEndpoint API in front of containers",
+        description="Serve the runtime API's InvokeEndpoint for endpoint NAME (boto3's "
+        "invoke_endpoint with endpoint_url=http://127.0.0.1:8090), in front of a "
+        "`serving serve` it starts for --model-dir, or of a running container "
+        "(--container-url); or for the endpoints and variants of a --config file. "
+        "Each flag can also be set by its environment variable.",
+        epilog=f"exit status: {exit_statuses}",
+    )
+    endpoint.add_argument("endpoint_name", nargs="?", metavar="NAME", help="endpoint name")
+    for setting in ENDPOINT_SETTINGS:
+        help_text = f"{setting.help} [env {setting.env}; default {setting.default_text}]"
+        if setting.is_switch:
+            switch = argparse.BooleanOptionalAction
+            endpoint.add_argument(setting.flag, dest=setting.name, action=switch, help=help_text)
+        else:
+            endpoint.add_argument(setting.flag, dest=setting.name, metavar="VALUE", help=help_text)
+
+
+def _endpoint(arguments: dict[str, object]) -> int:
+    from .endpoint.config import endpoints
+    from .endpoint.main import run
+    from .endpoint.settings import EndpointSettings
+
+    name = arguments.pop("endpoint_name")
+    flags = {
+        key: str(value).lower() if isinstance(value, bool) else str(value)
+        for key, value in arguments.items()
+        if key != "command" and value is not None
+    }
+    try:
+        settings = EndpointSettings.from_sources(os.environ, flags)
+        configured = endpoints(settings, name if isinstance(name, str) else None)
+    except SettingsError as exc:
+        print(f"serving endpoint: error: {exc}", file=sys.stderr)
+        return 2
+    return run(settings, configured)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = vars(parser().parse_args(argv))
+    if arguments["command"] == "endpoint":
+        return _endpoint(arguments)
     flags = {
         name: str(value).lower() if isinstance(value, bool) else value
         for name, value in arguments.items()

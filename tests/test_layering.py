@@ -71,3 +71,16 @@ def test_creating_the_app_imports_no_model_runtime() -> None:
     loaded = modules_after_import(statement)
     assert "onnxruntime" not in loaded
     assert "google.protobuf" not in loaded  # until a RecordIO request comes
+
+
+def test_the_endpoint_imports_no_worker_and_no_handler() -> None:
+    """``serving endpoint`` is a proxy in front of containers: none of handlers/, the model
+    runtime, numpy, or the worker's web stack."""
+    statement = (
+        "import serving.endpoint.main, serving.endpoint.service, serving.endpoint.config; "
+        "from serving.endpoint import EndpointSettings; EndpointSettings.from_sources({})"
+    )
+    loaded = modules_after_import(statement)
+    forbidden = {"handlers", "onnxruntime", "numpy", "werkzeug", "gunicorn", "gevent", "orjson"}
+    assert not forbidden & {name.split(".")[0] for name in loaded}
+    assert not {"serving.app", "serving.worker", "serving.http1", "serving.server"} & loaded

@@ -1,0 +1,250 @@
+"""What a request through ``serving endpoint`` costs in CPU over calling the container directly.
+
+    .venv/bin/python benchmarks/endpoint.py                    # prints the table
+    .venv/bin/python benchmarks/endpoint.py --requests 500     # a quick look
+
+One container (``serving serve``, one worker, the iris model) and, in front of it,
+``serving endpoint --container-url``; the same requests are sent to the container's
+``/invocations`` and to the API's ``/endpoints/bench/invocations``, over keep-alive
+connections from client threads in this process. The CPU time (user + system, from
+``/proc/PID/stat``) of the container's processes and of the API process is read before and
+after each phase: the overhead is (container + API CPU through the API - container CPU
+direct) / requests. Rounds alternate the phases; the table gives the median.
+
+``--stacks`` also measures two minimal forwarding proxies that do nothing but forward (no
+validation, no variants), the other candidates for the API's HTTP stack: the standard
+library's ``ThreadingHTTPServer`` with ``http.client``, and gevent's ``pywsgi`` with a pooled
+``http.client`` on gevent's sockets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.server import children, clean_environ, free_port  # noqa: E402
+
+IRIS = ROOT / "examples" / "iris" / "model"
+TICK = os.sysconf("SC_CLK_TCK")
+ENDPOINT = "bench"
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / TICK
+
+
+def tree(pid: int) -> list[int]:
+    return [pid, *(grandchild for child in children(pid) for grandchild in tree(child))]
+
+
+def wait_for(port: int, path: str, method: str = "GET", body: bytes = b"") -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            connection.request(method, path, body, {"Content-Type": "text/csv"})
+            if connection.getresponse().status == 200:
+                connection.close()
+                return
+            connection.close()
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"127.0.0.1:{port}{path} not ready")
+
+
+def drive(port: int, path: str, body: bytes, content_type: str, count: int, clients: int) -> None:
+    """``count`` requests, from ``clients`` threads each with a keep-alive connection."""
+    errors: list[str] = []
+
+    def client(share: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        headers = {"Content-Type": content_type, "Accept": "application/json"}
+        for _ in range(share):
+            connection.request("POST", path, body, headers)
+            response = connection.getresponse()
+            response.read()
+            if response.status != 200:
+                errors.append(str(response.status))
+        connection.close()
+
+    threads = [threading.Thread(target=client, args=(count // clients,)) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise RuntimeError(f"{len(errors)} errors, e.g. {errors[0]}")
+
+
+# --- the other candidate stacks, as minimal forwarding proxies ------------------------------
+
+STDLIB_PROXY = r"""
+import http.client, sys, threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+port, upstream = int(sys.argv[1]), int(sys.argv[2])
+local = threading.local()
+class Proxy(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *args): pass
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if not hasattr(local, "c"):
+            local.c = http.client.HTTPConnection("127.0.0.1", upstream)
+        headers = {k: self.headers[k] for k in ("Content-Type", "Accept") if k in self.headers}
+        local.c.request("POST", "/invocations", body, headers)
+        answer = local.c.getresponse(); data = answer.read()
+        self.send_response(200 if answer.status < 300 else 424)
+        self.send_header("Content-Type", answer.getheader("Content-Type", ""))
+        self.send_header("x-Amzn-Invoked-Production-Variant", "AllTraffic")
+        self.send_header("Content-Length", str(len(data))); self.end_headers()
+        self.wfile.write(data)
+ThreadingHTTPServer(("127.0.0.1", port), Proxy).serve_forever()
+"""
+
+GEVENT_PROXY = r"""
+from gevent import monkey; monkey.patch_all()
+import http.client, sys, queue
+from gevent.pywsgi import WSGIServer
+port, upstream = int(sys.argv[1]), int(sys.argv[2])
+pool = queue.LifoQueue()
+def app(environ, start_response):
+    body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+    try: c = pool.get_nowait()
+    except queue.Empty: c = http.client.HTTPConnection("127.0.0.1", upstream)
+    headers = {"Content-Type": environ.get("CONTENT_TYPE", ""),
+               "Accept": environ.get("HTTP_ACCEPT", "*/*")}
+    c.request("POST", "/invocations", body, headers)
+    answer = c.getresponse(); data = answer.read(); pool.put(c)
+    start_response("200 OK" if answer.status < 300 else "424 Failed Dependency", [
+        ("Content-Type", answer.getheader("Content-Type", "")),
+        ("x-Amzn-Invoked-Production-Variant", "AllTraffic"), ("Content-Length", str(len(data)))])
+    return [data]
+WSGIServer(("127.0.0.1", port), app, log=None).serve_forever()
+"""
+
+
+def start_proxy(stack: str, upstream: int) -> tuple[subprocess.Popen[bytes], int, str]:
+    port = free_port()
+    if stack == "serving endpoint":
+        command = [sys.executable, "-m", "serving", "endpoint", ENDPOINT, "--port", str(port)]
+        command += ["--container-url", f"http://127.0.0.1:{upstream}", "--log-level", "WARNING"]
+        path = f"/endpoints/{ENDPOINT}/invocations"
+    else:
+        code = STDLIB_PROXY if stack == "stdlib" else GEVENT_PROXY
+        command = [sys.executable, "-c", code, str(port), str(upstream)]
+        path = "/invocations"
+    process = subprocess.Popen(command, env=clean_environ())
+    wait_for(port, path, "POST", b"1,2,3,4\n")
+    return process, port, path
+
+
+def phase(
+    port: int, path: str, body: bytes, content_type: str, count: int, clients: int
+) -> Callable[[], None]:
+    return lambda: drive(port, path, body, content_type, count, clients)
+
+
+def measure(
+    direct: Callable[[], None], proxied: Callable[[], None], container: int, proxy: int, rounds: int
+) -> dict[str, float]:
+    """CPU seconds per phase, median over ``rounds``: the container direct, the container
+    and the proxy through the proxy."""
+    direct_cpu, through_container, through_proxy = [], [], []
+    for _ in range(rounds):
+        before = cpu_seconds(tree(container))
+        direct()
+        direct_cpu.append(cpu_seconds(tree(container)) - before)
+        before_container, before_proxy = cpu_seconds(tree(container)), cpu_seconds([proxy])
+        proxied()
+        through_container.append(cpu_seconds(tree(container)) - before_container)
+        through_proxy.append(cpu_seconds([proxy]) - before_proxy)
+    return {
+        "direct": statistics.median(direct_cpu),
+        "container": statistics.median(through_container),
+        "proxy": statistics.median(through_proxy),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=4000, help="small requests a phase")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--stacks", action="store_true", help="also the other candidate stacks")
+    arguments = parser.parse_args()
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.random.default_rng(0).random((65536, 4), dtype=np.float32))
+    payloads = [
+        ("CSV, 1 row (16 B)", b"5.1,3.5,1.4,0.2\n", "text/csv", arguments.requests),
+        (
+            ".npy, 65,536 rows (1 MiB)",
+            buffer.getvalue(),
+            "application/x-npy",
+            arguments.requests // 40,
+        ),
+    ]
+    port = free_port()
+    command = [sys.executable, "-m", "serving", "serve", "--model-dir", str(IRIS), "--host"]
+    command += ["127.0.0.1", "--port", str(port), "--workers", "1", "--inference-threads", "1"]
+    container = subprocess.Popen(command, env=clean_environ(), stderr=subprocess.DEVNULL)
+    stacks = ["serving endpoint"] + (["stdlib", "gevent pywsgi"] if arguments.stacks else [])
+    rows = []
+    try:
+        wait_for(port, "/ping")
+        for stack in stacks:
+            proxy, proxy_port, path = start_proxy(stack, port)
+            try:
+                for name, body, content_type, count in payloads:
+                    for clients in arguments.clients:
+                        cpu = measure(
+                            phase(port, "/invocations", body, content_type, count, clients),
+                            phase(proxy_port, path, body, content_type, count, clients),
+                            container.pid,
+                            proxy.pid,
+                            arguments.rounds,
+                        )
+                        per = {key: value / count * 1000 for key, value in cpu.items()}
+                        overhead = per["container"] + per["proxy"] - per["direct"]
+                        rows.append(
+                            f"| {stack} | {name} | {clients} | {per['direct']:.3f} | "
+                            f"{per['container']:.3f} + {per['proxy']:.3f} | **{overhead:.3f}** |"
+                        )
+                        print(rows[-1], flush=True)
+            finally:
+                proxy.terminate()
+                proxy.wait()
+    finally:
+        container.terminate()
+        container.wait()
+    print()
+    print(
+        "| stack | body | clients | container direct, ms CPU "
+        "| through it: container + proxy, ms CPU | overhead, ms CPU |"
+    )
+    print("|---|---|---|---|---|---|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,276 @@
+"""The service's side of ``InvokeEndpoint`` (sagemaker-runtime 2017-05-13): what a request
+may carry, and the errors, in the rest-json form botocore parses.
+
+botocore takes an error's code from the ``x-amzn-ErrorType`` header and its message from the
+JSON body's ``message``; for a modeled error (``ModelError``) it also reads the shape's members
+from the body (``OriginalStatusCode``...), so ``client.exceptions.ModelError`` carries them.
+The limits are the service model's (``EndpointName``: 1-63 characters of
+``^[a-zA-Z0-9](-*[a-zA-Z0-9])*$``; ``Content-Type``, ``Accept`` and custom attributes: 1,024
+ASCII characters...); botocore checks none of them before sending, so the API does, and says
+what is wrong in the service's words (``1 validation error detected: Value ... at
+'endpointName' failed to satisfy constraint: ...``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from http import HTTPStatus
+
+#: The account named in messages (there is none locally).
+ACCOUNT = "000000000000"
+
+#: What ``OriginalMessage`` (and every ``Message``) may hold, per the service model.
+MAX_MESSAGE = 2048
+
+NAME_PATTERN = "^[a-zA-Z0-9](-*[a-zA-Z0-9])*$"
+_NAME = re.compile(r"[a-zA-Z0-9](?:-*[a-zA-Z0-9])*\Z")
+#: ``\A\S[\p{Print}]*\z`` (TargetModel, InferenceId), for ASCII text.
+_PRINTABLE = re.compile(r"[!-~][ -~]*\Z")
+PRINTABLE_PATTERN = r"\A\S[\p{Print}]*\z"
+#: Custom attributes: visible ASCII, spaces and tabs (RFC 7230's field-value characters).
+_VISIBLE = re.compile(r"[\t -~]*\Z")
+
+# Request headers the API reads (lower case, as parsed); every other one is dropped.
+CONTENT_TYPE = "content-type"
+ACCEPT = "accept"
+CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
+TARGET_MODEL = "x-amzn-sagemaker-target-model"
+TARGET_VARIANT = "x-amzn-sagemaker-target-variant"
+TARGET_CONTAINER = "x-amzn-sagemaker-target-container-hostname"
+INFERENCE_ID = "x-amzn-sagemaker-inference-id"
+
+
+class ApiError(Exception):
+    """An error the API answers, by its code in the service model."""
+
+    code = "InternalFailure"
+    status = HTTPStatus.INTERNAL_SERVER_ERROR
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message[:MAX_MESSAGE]
+
+    def fields(self) -> dict[str, object]:
+        return {"message": self.message}
+
+    def body(self) -> bytes:
+        return json.dumps(self.fields()).encode()
+
+
+class ValidationError(ApiError):
+    code = "ValidationError"
+    status = HTTPStatus.BAD_REQUEST
+
+
+class ServiceUnavailable(ApiError):
+    code = "ServiceUnavailable"
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+
+
+class InternalFailure(ApiError):
+    pass
+
+
+class UnknownOperation(ApiError):
+    """A path or method that is no operation of the API (not in the service model)."""
+
+    code = "UnknownOperationException"
+    status = HTTPStatus.NOT_FOUND
+
+
+class AccessDenied(ApiError):
+    """A signature that is missing or wrong (``--verify-signature``); ``code`` is the one
+    AWS answers for that case (``MissingAuthenticationTokenException``,
+    ``InvalidSignatureException``, ``UnrecognizedClientException``)."""
+
+    status = HTTPStatus.FORBIDDEN
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ModelError(ApiError):
+    """The container answered a status other than 2xx, or nothing within the timeout
+    (``original_status`` 0)."""
+
+    code = "ModelError"
+    status = HTTPStatus.FAILED_DEPENDENCY
+
+    def __init__(
+        self, endpoint: str, log_stream: str, original_status: int, original_message: str
+    ) -> None:
+        original = original_message[:MAX_MESSAGE]
+        if original_status == 0:
+            message = (
+                "Your invocation timed out while waiting for a response from container "
+                "primary. Review the latency metrics for each container, resolve the issue, "
+                "and try again."
+            )
+        else:
+            kind = "client" if original_status < 500 else "server"
+            message = (
+                f"Received {kind} error ({original_status}) from primary with message "
+                f'"{original}". See {log_stream} in account {ACCOUNT} for more information.'
+            )
+        super().__init__(message)
+        self.original_status = original_status
+        self.original_message = original
+        self.log_stream = log_stream
+
+    def fields(self) -> dict[str, object]:
+        return {
+            "ErrorCode": "CLIENT_ERROR_FROM_MODEL"
+            if 0 < self.original_status < 500
+            else "SERVER_ERROR_FROM_MODEL",
+            "LogStreamArn": self.log_stream,
+            "Message": self.message,
+            "OriginalMessage": self.original_message,
+            "OriginalStatusCode": self.original_status,
+        }
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """A valid request's parts that reach a container or choose one."""
+
+    endpoint: str
+    content_type: str | None
+    accept: str | None
+    custom_attributes: str | None
+    target_variant: str | None
+    target_model: str | None
+
+
+def _shown(value: str) -> str:
+    return value if len(value) <= 100 else value[:100] + "..."
+
+
+def _check(
+    problems: list[str],
+    member: str,
+    value: str | None,
+    *,
+    max_length: int,
+    pattern: re.Pattern[str] | None = None,
+    pattern_text: str = "",
+    min_length: int = 0,
+    sensitive: bool = False,
+) -> None:
+    if value is None:
+        return
+    at = f"Value at '{member}'" if sensitive else f"Value '{_shown(value)}' at '{member}'"
+    if len(value) > max_length:
+        problems.append(
+            f"{at} failed to satisfy constraint: Member must have length less than or "
+            f"equal to {max_length}"
+        )
+    elif len(value) < min_length:
+        problems.append(
+            f"{at} failed to satisfy constraint: Member must have length greater than or "
+            f"equal to {min_length}"
+        )
+    elif pattern is not None and not pattern.match(value):
+        problems.append(
+            f"{at} failed to satisfy constraint: Member must satisfy regular expression "
+            f"pattern: {pattern_text}"
+        )
+
+
+_ASCII = re.compile(r"[\x00-\x7f]*\Z")
+
+
+def check_invocation(
+    endpoint: str, headers: Mapping[str, str], body_length: int, max_body: int
+) -> Invocation:
+    """The request's parts, or :class:`ValidationError` naming every member out of bounds.
+
+    ``headers`` are by lower-case name, values decoded as Latin-1 (what the wire holds)."""
+    problems: list[str] = []
+    _check(
+        problems,
+        "endpointName",
+        endpoint,
+        max_length=63,
+        pattern=_NAME,
+        pattern_text=NAME_PATTERN,
+        min_length=1,
+    )
+    for member, header in (("contentType", CONTENT_TYPE), ("accept", ACCEPT)):
+        _check(
+            problems,
+            member,
+            headers.get(header),
+            max_length=1024,
+            pattern=_ASCII,
+            pattern_text=r"\p{ASCII}*",
+        )
+    _check(
+        problems,
+        "customAttributes",
+        headers.get(CUSTOM_ATTRIBUTES),
+        max_length=1024,
+        pattern=_VISIBLE,
+        pattern_text=r"\p{ASCII}*",
+        sensitive=True,
+    )
+    _check(
+        problems,
+        "targetModel",
+        headers.get(TARGET_MODEL),
+        max_length=1024,
+        min_length=1,
+        pattern=_PRINTABLE,
+        pattern_text=PRINTABLE_PATTERN,
+    )
+    _check(
+        problems,
+        "targetVariant",
+        headers.get(TARGET_VARIANT),
+        max_length=63,
+        pattern=_NAME,
+        pattern_text=NAME_PATTERN,
+    )
+    _check(
+        problems,
+        "targetContainerHostname",
+        headers.get(TARGET_CONTAINER),
+        max_length=63,
+        pattern=_NAME,
+        pattern_text=NAME_PATTERN,
+    )
+    _check(
+        problems,
+        "inferenceId",
+        headers.get(INFERENCE_ID),
+        max_length=64,
+        min_length=1,
+        pattern=_PRINTABLE,
+        pattern_text=PRINTABLE_PATTERN,
+    )
+    if body_length > max_body:
+        problems.append(
+            "Value at 'body' failed to satisfy constraint: Member must have length less "
+            f"than or equal to {max_body}"
+        )
+    if problems:
+        count = len(problems)
+        raise ValidationError(
+            f"{count} validation error{'s' if count > 1 else ''} detected: " + "; ".join(problems)
+        )
+    if headers.get(TARGET_CONTAINER) is not None:
+        raise ValidationError(
+            f"Endpoint {endpoint} does not use direct invocation: TargetContainerHostname "
+            "applies only to multi-container endpoints, which serving endpoint does not run"
+        )
+    return Invocation(
+        endpoint=endpoint,
+        content_type=headers.get(CONTENT_TYPE),
+        accept=headers.get(ACCEPT),
+        custom_attributes=headers.get(CUSTOM_ATTRIBUTES),
+        target_variant=headers.get(TARGET_VARIANT),
+        target_model=headers.get(TARGET_MODEL),
+    )

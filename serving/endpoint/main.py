@@ -1,0 +1,101 @@
+"""``serving endpoint``: start (or reach) the containers, wait for their /ping, serve the API
+until SIGTERM or SIGINT, then stop the API and the containers it started."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from typing import Any
+
+from .config import EndpointConfig
+from .connection import Connections
+from .containers import StartFailed, Variant
+from .service import Service
+from .settings import EndpointSettings
+
+log = logging.getLogger("serving.endpoint")
+
+FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
+
+#: What ``serving endpoint``'s exit status means.
+EXIT_STATUSES = {
+    0: "stopped by SIGTERM or SIGINT",
+    1: "could not listen on the API's port",
+    2: "invalid settings or configuration",
+    3: "a container did not become healthy (the reason is logged)",
+}
+
+
+def run(settings: EndpointSettings, endpoints: tuple[EndpointConfig, ...]) -> int:
+    """Serve until stopped; returns the exit status."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(FORMAT))
+    log.addHandler(handler)
+    log.setLevel(settings.log_level)
+    log.propagate = False
+    return asyncio.run(_serve(settings, endpoints))
+
+
+async def _serve(settings: EndpointSettings, configs: tuple[EndpointConfig, ...]) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    endpoints = {
+        config.name: [Variant(config.name, v, settings.start_timeout) for v in config.variants]
+        for config in configs
+    }
+    variants = [variant for listed in endpoints.values() for variant in listed]
+    connections = Connections(Service(settings, endpoints).handle, settings.max_payload_bytes)
+    try:
+        server = await loop.create_server(
+            connections.protocol, settings.host, settings.port, start_serving=False
+        )
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror)
+        return 1
+    try:
+        if not await _start(variants, stop):
+            return 3
+        if stop.is_set():
+            return 0
+        await server.start_serving()
+        host, port = server.sockets[0].getsockname()[:2]
+        names = ", ".join(endpoints)
+        log.info("InvokeEndpoint for %s at http://%s:%d (endpoint_url)", names, host, port)
+        await stop.wait()
+        log.info("stopping")
+        server.close()
+        connections.stop()
+        try:
+            await asyncio.wait_for(connections.all_closed.wait(), settings.timeout + 5)
+        except TimeoutError:
+            log.error("%d connections still busy; closing them", len(connections.open))
+    finally:
+        server.close()
+        await asyncio.gather(*(variant.stop() for variant in variants))
+    log.info("stopped")
+    return 0
+
+
+async def _start(variants: list[Variant], stop: asyncio.Event) -> bool:
+    """Start every variant's container; ``False`` (logged) when one cannot start."""
+    starting: asyncio.Future[list[BaseException | None]] = asyncio.gather(
+        *(variant.start() for variant in variants), return_exceptions=True
+    )
+    stopped = asyncio.ensure_future(stop.wait())
+    waited: list[asyncio.Future[Any]] = [starting, stopped]
+    await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
+    if stop.is_set():
+        await asyncio.gather(*(variant.stop() for variant in variants))
+    stopped.cancel()
+    results = await starting
+    failed = [result for result in results if isinstance(result, BaseException)]
+    for failure in failed:
+        if not isinstance(failure, StartFailed):
+            raise failure
+        if not stop.is_set():
+            log.error("%s", failure)
+    return stop.is_set() or not failed
