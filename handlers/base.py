@@ -17,7 +17,7 @@ methods) to take over decoding and encoding. Handlers never import Flask.
 from __future__ import annotations
 
 import abc
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -71,11 +71,22 @@ class InvocationContext:
     any). ``custom_attributes`` holds the request's ``X-Amzn-SageMaker-Custom-Attributes`` (or
     ``None``); whatever it holds when the handler returns is sent back in the response's
     header, so a handler replaces the echoed value by assigning to it.
+
+    ``request_headers`` are all the request's headers (a read-only mapping; serving gives one
+    that looks names up case-insensitively). A handler that returns normally may also set
+    ``response_status`` (200-599, not 204 or 304; ``None`` is 200) and ``response_headers``
+    (name -> value): serving sends them with the body. A name or value a header cannot carry
+    makes the response a 500; headers serving writes itself (Content-Type, Content-Length,
+    Connection, Date, Server, Transfer-Encoding, and the custom attributes, which have their
+    own field) are ignored, with a warning in the log.
     """
 
     content_type: str
     accept: str
     custom_attributes: str | None = None
+    request_headers: Mapping[str, str] | None = None
+    response_status: int | None = None
+    response_headers: dict[str, str] | None = None
 
 
 class Encoded(NamedTuple):

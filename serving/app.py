@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from http import HTTPStatus
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import orjson
@@ -37,6 +38,9 @@ from .startup import check_settings
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
+    from .model_store import SharedStore
+    from .models_api import ModelsApi
+
 log = logging.getLogger(__name__)
 
 HandlerFactory = Callable[[], Handler]
@@ -56,6 +60,46 @@ JSON = "application/json"
 #: What a response header's value may hold: visible ASCII and spaces, not at either end (the
 #: platform's rule for custom attributes; gunicorn refuses control characters too).
 _HEADER_TEXT = re.compile(r"[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?|")
+#: A header name: an RFC 9110 token.
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: Response headers serving writes itself; a handler's values for them are ignored.
+SERVER_HEADERS = frozenset(
+    name.lower()
+    for name in (
+        "Content-Type", "Content-Length", "Connection", "Date", "Server", "Transfer-Encoding",
+        CUSTOM_ATTRIBUTES,
+    )
+)  # fmt: skip
+
+
+class RequestHeaders(Mapping[str, str]):
+    """A request's headers, read from its WSGI environ when asked; names case-insensitive."""
+
+    __slots__ = ("_environ",)
+
+    def __init__(self, environ: WSGIEnvironment) -> None:
+        self._environ = environ
+
+    @staticmethod
+    def _key(name: str) -> str:
+        key = name.upper().replace("-", "_")
+        return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}"
+
+    def __getitem__(self, name: str) -> str:
+        value = self._environ.get(self._key(name))
+        if not isinstance(value, str):
+            raise KeyError(name)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        for key, value in self._environ.items():
+            if isinstance(value, str) and (
+                key.startswith("HTTP_") or key in ("CONTENT_TYPE", "CONTENT_LENGTH")
+            ):
+                yield key.removeprefix("HTTP_").replace("_", "-").title()
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 def handler_config(
@@ -168,6 +212,8 @@ class ServingApp:
         self.state = state
         #: The handler's executor, when the app made it: whether runs can start is health.
         self.executor = executor
+        #: A multi-model endpoint's routes under /models (``state`` then holds no model).
+        self.models_api: ModelsApi | None = None
         self._body_limits = BodyLimits(
             settings.max_payload_bytes,
             too_large=f"request body is larger than the {settings.max_payload_mb:g} MiB limit "
@@ -188,6 +234,8 @@ class ServingApp:
         self._placeholders = settings.bad_records == "placeholder"
         self._spool_bytes = int(settings.record_spool_mb * 1024 * 1024)
         self._parameters = orjson.dumps(settings.execution_parameters())
+        #: Response headers a handler set that serving writes itself, warned about once.
+        self._ignored_headers: set[str] = set()
         self._routes: dict[str, dict[str, View]] = {
             "/ping": {"GET": self.ping, "HEAD": self.ping},
             "/invocations": {"POST": self.invocations},
@@ -233,6 +281,8 @@ class ServingApp:
     def _route(self, call: Call) -> Reply:
         path, method = call.environ["PATH_INFO"], call.environ["REQUEST_METHOD"]
         views = self._routes.get(path)
+        if views is None and self.models_api is not None:
+            views = self.models_api.views(path)
         if views is None:
             return error_reply(HTTPStatus.NOT_FOUND, f"404 Not Found: {method} {path}")
         view = views.get(method)
@@ -254,7 +304,9 @@ class ServingApp:
         )
 
     def ping(self, call: Call) -> Reply:
-        if self.state.handler is None:
+        if self.state.handler is None and not (
+            self.models_api is not None and self.models_api.registry.started
+        ):
             raise NotReady("the model is not loaded")
         if self.executor is not None and not self.executor.can_serve:
             raise NotReady("model runs are stuck past the timeout; this worker is being replaced")
@@ -264,7 +316,11 @@ class ServingApp:
         return Reply(HTTPStatus.OK, self._parameters, JSON)
 
     def invocations(self, call: Call) -> Reply:
-        state, environ = self.state, call.environ
+        return self.invoke(call, self.state)
+
+    def invoke(self, call: Call, state: ModelState) -> Reply:
+        """What ``POST /invocations`` answers, for the model in ``state``."""
+        environ = call.environ
         handler = state.handler
         if handler is None:
             raise NotReady("the model is not loaded")
@@ -274,6 +330,7 @@ class ServingApp:
                 environ.get("HTTP_ACCEPT", ""), state.accept_types, self.settings.default_accept
             ),
             custom_attributes=environ.get(CUSTOM_ATTRIBUTES_KEY),
+            request_headers=RequestHeaders(environ),
         )
         declared = get_content_length(
             environ.get("CONTENT_LENGTH"), environ.get("HTTP_TRANSFER_ENCODING")
@@ -295,13 +352,55 @@ class ServingApp:
                     invoke=self._admitted(handler.invoke),
                 )
                 answers = answerer.answer(line_chunks(body.read, self._chunk_bytes))
-                return _answers_reply(environ, answers)
+                try:
+                    status, headers = self._handler_fields(handler, context)
+                except ServingError:
+                    if not isinstance(spooled := answers.body(), list):
+                        spooled.close()
+                    raise
+                return _answers_reply(environ, answers, status, headers)
             # Received before admission: a client's slow body holds its own memory, never
             # the turn of requests whose bodies are in.
             data = body.whole()
             result = self._admitted(handler.invoke)(data, context)
+        status, headers = self._handler_fields(handler, context)
         # Sent as the handler named it: pipelines pass the type on to the next container.
-        return Reply(HTTPStatus.OK, result.body, result.media_type)
+        return Reply(status, result.body, result.media_type, headers=headers)
+
+    def _handler_fields(
+        self, handler: Handler, context: InvocationContext
+    ) -> tuple[int, list[tuple[str, str]]]:
+        """The status and extra headers the handler set on ``context``: checked (a 500 for
+        what cannot be sent), the headers serving writes itself left out with a warning."""
+        status = context.response_status
+        if status is None:
+            status = HTTPStatus.OK
+        elif not (isinstance(status, int) and 200 <= status <= 599 and status not in (204, 304)):
+            raise ModelFailed(
+                f"{type(handler).__name__} set the response status {ascii(status)[:40]}; "
+                "it takes 200-599 (not 204 or 304, which carry no body)"
+            )
+        headers: list[tuple[str, str]] = []
+        for name, value in (context.response_headers or {}).items():
+            if not (isinstance(name, str) and _HEADER_NAME.fullmatch(name)) or not (
+                isinstance(value, str) and _HEADER_TEXT.fullmatch(value)
+            ):
+                raise ModelFailed(
+                    f"{type(handler).__name__} set a response header that cannot be sent "
+                    f"({ascii(name)[:40]}: {ascii(value)[:40]}); names are tokens, values "
+                    "visible ASCII and spaces"
+                )
+            if name.lower() in SERVER_HEADERS:
+                if name.lower() not in self._ignored_headers:  # once per worker, not per request
+                    self._ignored_headers.add(name.lower())
+                    log.warning(
+                        "%s set the response header %s, which the server writes itself: ignored",
+                        type(handler).__name__,
+                        name,
+                    )
+                continue
+            headers.append((name, value))
+        return status, headers
 
     def _admitted(self, invoke: Invoke) -> Invoke:
         """``invoke`` once admitted: the rest wait here, leaving the event loop to /ping and to
@@ -320,12 +419,14 @@ def create_app(
     make_handler: HandlerFactory | None = None,
     codecs: CodecRegistry | None = None,
     worker_index: int = 0,
+    store: SharedStore | None = None,
 ) -> ServingApp:
     """The WSGI app for ``settings``; the model is loaded later by :func:`load_model`.
 
     ``make_handler`` builds the handler (by default the one the settings name, imported only
     when called); ``codecs`` defaults to the built-in codecs plus installed plugins;
-    ``worker_index`` spreads workers across GPUs. Raises
+    ``worker_index`` spreads workers across GPUs; ``store`` is what a multi-model server's
+    workers share (see :mod:`serving.model_store`). Raises
     :class:`SettingsError` for an unknown handler name or a broken codec plugin.
     """
     if codecs is None:
@@ -335,6 +436,8 @@ def create_app(
         except CodecPluginError as exc:
             raise SettingsError(str(exc)) from None
     executor = None
+    if settings.multi_model and store is not None:
+        return _multi_model_app(settings, codecs, worker_index, store)
     if make_handler is None:
         name = check_settings(settings)
         config = handler_config(settings, codecs, worker_index)
@@ -344,9 +447,40 @@ def create_app(
     return ServingApp(settings, ModelState(make_handler, settings.default_accept), executor)
 
 
+def _multi_model_app(
+    settings: Settings, codecs: CodecRegistry, worker_index: int, store: SharedStore
+) -> ServingApp:
+    """An app with no model of its own, serving the models loaded through ``/models``: each
+    with its own handler, all on the worker's one executor and admission."""
+    from .models_api import ModelsApi
+    from .multimodel import ModelRegistry
+
+    config = handler_config(settings, codecs, worker_index)
+
+    def make_state(model_dir: Path) -> ModelState:
+        code_dir = model_dir / "code"
+        name = check_settings(replace(settings, model_dir=model_dir, code_dir=code_dir))
+        handler_class = load_handler_class(name)
+        model_config = replace(config, model_dir=model_dir, code_dir=code_dir)
+        return ModelState(lambda: handler_class(model_config), settings.default_accept)
+
+    def no_model() -> Handler:
+        raise ModelLoadError("a multi-model endpoint loads its models through POST /models")
+
+    executor = config.executor if isinstance(config.executor, GeventExecutor) else None
+    app = ServingApp(settings, ModelState(no_model, settings.default_accept), executor)
+    registry = ModelRegistry(settings, store, make_state, executor)
+    app.models_api = ModelsApi(registry, app.invoke, settings.body_timeout)
+    return app
+
+
 def load_model(app: ServingApp) -> None:
-    """Build and load the app's handler (in a worker, after fork); ``/ping`` then says 200."""
-    app.state.load()
+    """Build and load the app's handler (in a worker, after fork); ``/ping`` then says 200.
+    A multi-model endpoint's worker loads what the other workers have loaded."""
+    if app.models_api is not None:
+        app.models_api.registry.start()
+    else:
+        app.state.load()
 
 
 def error_reply(status: int, message: str) -> Reply:
@@ -364,10 +498,15 @@ def _serving_error(exc: ServingError) -> Reply:
     return error_reply(exc.status, exc.message)
 
 
-def _answers_reply(environ: WSGIEnvironment, answers: Answers) -> Reply:
+def _answers_reply(
+    environ: WSGIEnvironment,
+    answers: Answers,
+    status: int = HTTPStatus.OK,
+    headers: list[tuple[str, str]] | None = None,
+) -> Reply:
     """Parts from memory, or the spooled file (read in blocks of 1 MiB, closed after sending)."""
     body = answers.body()
     parts: Iterable[bytes] = (
         body if isinstance(body, list) else wrap_file(environ, body, buffer_size=1 << 20)
     )
-    return Reply(HTTPStatus.OK, parts, answers.media_type, answers.length)
+    return Reply(status, parts, answers.media_type, answers.length, headers or [])

@@ -1,4 +1,5 @@
-"""How many CPUs this process may really use: affinity and cgroup quota, not the host's count.
+"""How many CPUs this process may really use: affinity and cgroup quota, not the host's count;
+and how many GPUs it sees.
 
 ``os.cpu_count()`` reports the host's CPUs; in a container limited to two of 96 CPUs it would
 start 96 workers. The limit is the smaller of the CPU affinity mask and the cgroup CPU quota
@@ -7,12 +8,17 @@ start 96 workers. The limit is the smaller of the CPU affinity mask and the cgro
 
 from __future__ import annotations
 
+import importlib.metadata
+import itertools
 import math
 import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC_SELF_CGROUP = Path("/proc/self/cgroup")
+DEV = Path("/dev")
 
 
 def available_cpus(
@@ -71,3 +77,28 @@ def _v1_quota(cgroup_root: Path) -> float | None:
             continue
         return quota / period if quota > 0 else None
     return None
+
+
+def visible_gpus(environ: Mapping[str, str] = os.environ, dev: Path = DEV) -> int:
+    """NVIDIA GPUs this process may use, without loading CUDA: the devices
+    ``CUDA_VISIBLE_DEVICES`` lists when it is set, else the ``/dev/nvidiaN`` device files (a
+    container sees only the GPUs it was given), 0 without any."""
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        devices = [d.strip() for d in visible.split(",") if d.strip()]
+        # CUDA stops at the first invalid entry; "-1" is the usual way to hide every GPU
+        return len(list(itertools.takewhile(lambda d: not d.startswith("-"), devices)))
+    try:
+        return sum(1 for entry in dev.iterdir() if re.fullmatch(r"nvidia\d+", entry.name))
+    except OSError:
+        return 0
+
+
+def gpu_runtime_installed() -> bool:
+    """Whether the installed onnxruntime is the GPU build (read from its metadata: the master
+    does not import onnxruntime)."""
+    try:
+        importlib.metadata.distribution("onnxruntime-gpu")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True

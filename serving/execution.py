@@ -337,6 +337,14 @@ class GeventExecutor:
         lane.runs_since_batch = 0 if together else lane.runs_since_batch + 1
         return outputs
 
+    def forget(self, owners: set[int]) -> None:
+        """Drop the idle lanes of runners bound to an object whose ``id`` is in ``owners``: a
+        lane holds its runner, and through it the model (an unloaded one, in a multi-model
+        server)."""
+        for runner, lane in list(self._lanes.items()):
+            if id(getattr(runner, "__self__", None)) in owners and not lane.pending:
+                del self._lanes[runner]
+
     def call(self, function: Callable[..., T], *args: Any) -> T:
         """``function(*args)`` in a pool thread, within the timeout. Pure Python holds the GIL
         there too, but gives it up every few milliseconds, so the loop still answers /ping."""

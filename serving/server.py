@@ -13,7 +13,9 @@ import gc
 import itertools
 import logging
 import os
+import shutil
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gunicorn.app.base import BaseApplication
@@ -25,6 +27,8 @@ from .settings import Settings, SettingsError
 
 if TYPE_CHECKING:
     from .app import ServingApp
+    from .flask_integration import FlaskMount
+    from .model_store import SharedStore
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +82,15 @@ class ServingApplication(BaseApplication):  # type: ignore[misc]  # gunicorn is 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.worker_index = 0  # set in each worker by post_fork
+        self.master_pid = os.getpid()
+        #: Where the code's requirements.txt was installed, in the master (removed at exit).
+        self.requirements_dir: Path | None = None
+        #: What a multi-model server's workers agree on, made before they fork.
+        self.store: SharedStore | None = None
+        if settings.multi_model:
+            from .model_store import SharedStore
+
+            self.store = SharedStore.create()
         super().__init__()
 
     def load_config(self) -> None:
@@ -97,13 +110,23 @@ class ServingApplication(BaseApplication):  # type: ignore[misc]  # gunicorn is 
         except RuntimeError as exc:
             print(f"\nError: {exc}\n", file=sys.stderr, flush=True)
             sys.exit(1)
+        finally:
+            if self.store is not None and os.getpid() == self.store.master:
+                self.store.remove()
+            if self.requirements_dir is not None and os.getpid() == self.master_pid:
+                shutil.rmtree(self.requirements_dir, ignore_errors=True)
 
-    def load(self) -> ServingApp:
-        """Build the app, in a worker."""
+    def load(self) -> ServingApp | FlaskMount:
+        """Build the app, in a worker (behind the user's Flask app when one is named)."""
         from .app import create_app
 
         try:
-            return create_app(self.settings, worker_index=self.worker_index)
+            app = create_app(self.settings, worker_index=self.worker_index, store=self.store)
+            if self.settings.flask_app is None:
+                return app
+            from .flask_integration import FlaskMount, import_app
+
+            return FlaskMount(app, import_app(self.settings.flask_app))
         except SettingsError as exc:  # e.g. a broken codec plugin: stop, do not retry
             log.error("invalid configuration: %s", exc)
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
@@ -120,6 +143,25 @@ class ServingApplication(BaseApplication):  # type: ignore[misc]  # gunicorn is 
 
     def on_starting(self, arbiter: Arbiter) -> None:
         log.info("configuration: %s", self.settings.describe())
+        self.install_requirements()
+
+    def install_requirements(self) -> None:
+        """The code folder's ``requirements.txt``, installed once, here in the master, before
+        any worker imports the code; a failure stops the server with pip's reason."""
+        from handlers.toolkit_setup import RequirementsError, install_requirements
+
+        from .startup import handler_name
+
+        settings = self.settings
+        if not settings.install_requirements or handler_name(settings) == "onnx":
+            return
+        try:
+            self.requirements_dir = install_requirements(
+                settings.code_dir or settings.model_dir / "code"
+            )
+        except RequirementsError as exc:
+            log.error("cannot install the code's requirements: %s", exc)
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
 
     def post_worker_init(self, worker: Any) -> None:
         from handlers.errors import ModelLoadError

@@ -15,9 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from . import parsing as parse
-from .cpus import available_cpus
+from .cpus import available_cpus, gpu_runtime_installed, visible_gpus
+from .flask_integration import app_name
 
 DEFAULT_MODEL_DIR = Path("/opt/ml/model")
+#: Providers that run on NVIDIA GPUs (workers default to one per GPU when one is asked for).
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 #: Batch transform's limits: bodies up to 100 MB, invocations up to an hour.
 BATCH_MAX_PAYLOAD_MB = 100.0
@@ -81,6 +84,16 @@ class Settings:
         parse.nonempty,
         "Handler: auto (inference_py when the code directory holds the program, else onnx), "
         "a built-in or entry-point name, or package.module:Class.",
+    )
+    flask_app: str | None = _setting(
+        None,
+        "SERVING_FLASK_APP",
+        "--flask-app",
+        app_name,
+        "Your Flask app, as package.module:app (installed, or on PYTHONPATH): each worker "
+        "imports it and serves its routes, while /ping, /invocations and "
+        "/execution-parameters stay the server's own (pip install the flask extra).",
+        default_text="none",
     )
     model_dir: Path = _setting(
         DEFAULT_MODEL_DIR,
@@ -150,7 +163,59 @@ class Settings:
         "SAGEMAKER_PROGRAM",
         "--program",
         parse.nonempty,
-        "User module in the code directory, with model_fn/input_fn/predict_fn/output_fn.",
+        "User module in the code directory (with or without .py), with model_fn/input_fn/"
+        "predict_fn/output_fn.",
+    )
+    install_requirements: bool = _setting(
+        True,
+        "SERVING_INSTALL_REQUIREMENTS",
+        "--install-requirements",
+        parse.boolean,
+        "Install the code directory's requirements.txt with pip at startup, once, before the "
+        "workers start (into a folder under TMPDIR, put on sys.path); a failure stops the "
+        "server. false for images that install their dependencies when they are built.",
+        default_text="true",
+        is_switch=True,
+    )
+    multi_model: bool = _setting(
+        False,
+        "SAGEMAKER_MULTI_MODEL",
+        "--multi-model",
+        parse.boolean,
+        "Multi-model endpoint: start with no model and serve SageMaker's load, list, "
+        "describe, unload and invoke calls under /models; every worker serves every loaded "
+        "model.",
+        default_text="false",
+        is_switch=True,
+    )
+    models_dir: Path | None = _setting(
+        None,
+        "SERVING_MODELS_DIR",
+        "--models-dir",
+        Path,
+        "Multi-model endpoint: the folder a load's url must lie in, symlinks resolved.",
+        default_text="$SAGEMAKER_BASE_DIR/models (/opt/ml/models)",
+    )
+    mme_memory_mb: float = _setting(
+        0.0,
+        "SERVING_MME_MEMORY_MB",
+        "--mme-memory-mb",
+        parse.non_negative_number,
+        "Multi-model endpoint: MiB the loaded models may take, every worker's copy counted "
+        "(a model's footprint is the resident memory its load added to a worker); a load "
+        "past it gets a 507. 0 means the container's memory limit (cgroup, else the "
+        "machine's) less the server's own memory without models, the workers' request-body "
+        "memory and a twentieth of the limit.",
+        default_text="0 (memory limit less headroom)",
+    )
+    mme_evict: str = _setting(
+        "none",
+        "SERVING_MME_EVICT",
+        "--mme-evict",
+        parse.one_of("none", "lru"),
+        "Multi-model endpoint: a load that does not fit gets a 507 (none; SageMaker then "
+        "unloads models and retries), or unloads the least recently invoked models until "
+        "it fits (lru, for running outside SageMaker).",
     )
     host: str = _setting(
         "0.0.0.0",  # noqa: S104 - a container must listen on every interface
@@ -171,9 +236,10 @@ class Settings:
         "SAGEMAKER_MODEL_SERVER_WORKERS",
         "--workers",
         parse.integer(0),
-        "Worker processes, each with its own copy of the model; 0 means one per CPU this "
-        "process may use (cgroup quota and affinity).",
-        default_text="0 (CPUs available)",
+        "Worker processes, each with its own copy of the model; 0 means one per visible GPU "
+        "when onnxruntime can use them (CUDA_VISIBLE_DEVICES, else /dev/nvidiaN), else one per "
+        "CPU this process may use (cgroup quota and affinity).",
+        default_text="0 (GPUs, else CPUs)",
     )
     inference_threads: int = _setting(
         0,
@@ -257,6 +323,15 @@ class Settings:
         "Seconds a request may take once its head has arrived (its body, waiting for "
         "admission, every inference.py hook and the model run together) before a 504; also "
         "how long a worker's event loop may stay blocked before gunicorn restarts it.",
+    )
+    timeout_seconds: int | None = _setting(
+        None,
+        "SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS",
+        "--timeout-seconds",
+        parse.integer(1),
+        "The request timeout in seconds, as the AWS toolkit reads this variable: when set, it "
+        "wins over SAGEMAKER_MODEL_SERVER_TIMEOUT (but not over --timeout).",
+        default_text="unset",
     )
     graceful_timeout: int = _setting(
         25,
@@ -410,11 +485,12 @@ class Settings:
         environ: Mapping[str, str],
         flags: Mapping[str, str] | None = None,
         cpus: int | None = None,
+        gpus: int | None = None,
     ) -> Settings:
         """Build settings from an environment and flag values (by setting name, as text).
 
-        ``cpus`` is the number of CPUs the automatic defaults are sized to (measured when
-        ``None``).
+        ``cpus`` and ``gpus`` are the numbers of CPUs and visible GPUs the automatic defaults
+        are sized to (measured when ``None``).
         """
         values: dict[str, Any] = {}
         for setting in SETTINGS:
@@ -430,15 +506,29 @@ class Settings:
                 values[setting.name] = setting.parse(text)
             except ValueError as exc:
                 raise SettingsError(f"invalid {source}: {exc}") from None
+        if values.get("timeout_seconds") and not (flags and flags.get("timeout") is not None):
+            values["timeout"] = values["timeout_seconds"]  # the toolkit's precedence
         if values.get("batch"):  # what batch transform jobs need, unless set otherwise
             values.setdefault("max_payload_mb", BATCH_MAX_PAYLOAD_MB)
             values.setdefault("timeout", BATCH_TIMEOUT)
-        return cls(**values).resolved(available_cpus() if cpus is None else cpus)
+        settings = cls(**values)
+        visible = visible_gpus(environ) if gpus is None else gpus
+        cpus = available_cpus() if cpus is None else cpus
+        return settings.resolved(cpus, settings.gpus_to_serve_on(visible))
 
-    def resolved(self, cpus: int) -> Settings:
+    def gpus_to_serve_on(self, visible: int) -> int:
+        """The GPUs workers are counted by: the ``visible`` ones when the providers may use
+        them (a GPU provider named, or ``auto`` with onnxruntime-gpu installed), else 0."""
+        named = any(p in GPU_PROVIDERS for p in self.providers)
+        if "auto" in self.providers:
+            named = named or gpu_runtime_installed()
+        return visible if named else 0
+
+    def resolved(self, cpus: int, gpus: int = 0) -> Settings:
         """These settings with the automatic values filled in: worker and thread counts sized
-        to ``cpus``, the code directory under the model directory."""
-        workers = self.workers or cpus
+        to ``cpus`` (workers: one per GPU when ``gpus``, as the AWS toolkit's model server
+        starts them), the code directory under the model directory."""
+        workers = self.workers or gpus or cpus
         return replace(
             self,
             workers=workers,
@@ -446,6 +536,7 @@ class Settings:
             or self.max_batch_size + self.inference_concurrency,
             inference_threads=self.inference_threads or max(1, cpus // workers),
             code_dir=self.code_dir or self.model_dir / "code",
+            models_dir=self.models_dir or self.model_dir.parent / "models",
         )
 
     def describe(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from handlers.registry import BUILTIN_HANDLERS, UnknownHandler, check_handler_name
+from handlers.toolkit_setup import program_path
 
 from .settings import Settings, SettingsError
 
@@ -12,7 +13,7 @@ def handler_name(settings: Settings) -> str:
     if settings.handler != "auto":
         return settings.handler
     code_dir = settings.code_dir or settings.model_dir / "code"
-    return "inference_py" if (code_dir / settings.program).is_file() else "onnx"
+    return "inference_py" if program_path(code_dir, settings.program).is_file() else "onnx"
 
 
 def check_settings(settings: Settings) -> str:
@@ -22,7 +23,13 @@ def check_settings(settings: Settings) -> str:
         check_handler_name(name)
     except UnknownHandler as exc:
         raise SettingsError(f"invalid SERVING_HANDLER={settings.handler!r}: {exc}") from None
-    if name in BUILTIN_HANDLERS and not settings.model_dir.is_dir():
+    if settings.multi_model:  # no model of its own: each load names its directory
+        if settings.models_dir is not None and not settings.models_dir.is_dir():
+            raise SettingsError(
+                f"models directory {settings.models_dir} does not exist "
+                "(--models-dir, or SAGEMAKER_BASE_DIR with its models/ folder)"
+            )
+    elif name in BUILTIN_HANDLERS and not settings.model_dir.is_dir():
         raise SettingsError(
             f"model directory {settings.model_dir} does not exist "
             "(--model-dir, or SAGEMAKER_BASE_DIR with its model/ folder)"

@@ -56,6 +56,7 @@ def test_what_sagemaker_needs_of_the_image(flavour: str) -> None:
     arguments = dict(steps)  # the last of each instruction
     labels = [text for keyword, text in steps if keyword == "LABEL"]
     assert "com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true" in labels
+    assert "com.amazonaws.sagemaker.capabilities.multi-models=true" in labels
     # exec form, so that the server is PID 1 and gets SIGTERM; `docker run IMAGE serve`
     assert json.loads(arguments["ENTRYPOINT"]) == ["serving"]
     assert json.loads(arguments["CMD"]) == ["serve"]

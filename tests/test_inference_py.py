@@ -189,10 +189,10 @@ FAILING_HOOKS = """
         def __init__(self):
             self.message = "short and stout"
 
-    def input_fn(input_data, content_type):
-        if input_data == b"bad input":
+    def input_fn(input_data, content_type):  # a JSON body comes as str, as in the toolkit
+        if input_data == "bad input":
             raise ValueError("cannot parse that")
-        if input_data == b"teapot":
+        if input_data == "teapot":
             raise Teapot()
         return json.loads(input_data)
 
@@ -205,7 +205,7 @@ FAILING_HOOKS = """
         if accept == "application/x-fail":
             raise KeyError("no such format")
         if accept == "application/x-wrong":
-            return 42
+            return {1, 2}  # neither bytes, str nor JSON
         return json.dumps(prediction)
 """
 
@@ -226,7 +226,8 @@ def failing_hooks_server(serve_code: ServeCode) -> ServerProcess:
             b"[1]",
             "application/x-wrong",
             500,
-            "output_fn must return bytes, str or (bytes, content_type), got int",
+            "output_fn returned set, which is neither bytes, str nor JSON: "
+            "Object of type set is not JSON serializable",
         ),
     ],
 )
@@ -257,8 +258,8 @@ def test_a_callable_model_without_predict_fn(serve_code: ServeCode) -> None:
     server = serve_code(CALLABLE_MODEL)
     response = server.post("/invocations", b"1,2\n3,4\n", {"Content-Type": "text/csv"})
     assert response.status_code == 200, response.text
-    assert response.json() == {"predictions": [3.0, 7.0]}
-    response = server.post("/invocations", b"1,2,3\n", {"Content-Type": "text/csv"})
+    assert response.json() == {"sum": [3.0, 7.0]}  # the toolkit's encoder: bare JSON
+    response = server.post("/invocations", b"1,2,3\n4,5,6\n", {"Content-Type": "text/csv"})
     assert response.status_code == 500
     assert response.json() == {
         "error": "the model from model_fn raised ValueError: want 2 columns, got 3"

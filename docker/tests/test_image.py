@@ -20,6 +20,7 @@ import pytest
 import requests
 
 from tests.server import free_port
+from tests.test_toolkit_differential import tiny_wheel
 from tests.wire import run_onnxruntime
 
 ROOT = Path(__file__).parent.parent.parent
@@ -131,6 +132,7 @@ def test_the_image_says_what_sagemaker_needs(image: str) -> None:
     settings = config["Config"]
     labels = settings["Labels"]
     assert labels["com.amazonaws.sagemaker.capabilities.accept-bind-to-port"] == "true"
+    assert labels["com.amazonaws.sagemaker.capabilities.multi-models"] == "true"
     assert settings["Entrypoint"] == ["serving"]
     assert settings["Cmd"] == ["serve"]
     assert settings.get("User", "") in ("", "0", "root")
@@ -233,3 +235,59 @@ def test_a_missing_model_stops_the_container_with_the_reason(
 def test_the_port_sagemaker_binds_to_is_served(image: str, iris: Path) -> None:
     with running(image, iris, "-e", "SAGEMAKER_BIND_TO_PORT=9000", serves_on=9000) as container:
         assert_answers_like_onnxruntime(container)
+
+
+REQUIREMENTS_CODE = """
+import tinypkg
+
+def model_fn(model_dir):
+    return None
+
+def transform_fn(model, body, content_type, accept):
+    return tinypkg.greet(body), "text/plain"
+"""
+
+
+def test_code_requirements_are_installed_read_only_as_another_user(
+    image: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """code/requirements.txt names a wheel shipped with the code: pip installs it at start,
+    once, into /tmp (the root file system is read-only), with no index to ask."""
+    source = tmp_path_factory.mktemp("requirements-source")
+    (source / "code").mkdir()
+    (source / "code" / "inference.py").write_text(REQUIREMENTS_CODE)
+    (source / "code" / "requirements.txt").write_text("./wheels/tinypkg-1.0-py3-none-any.whl\n")
+    tiny_wheel(source / "code" / "wheels" / "tinypkg-1.0-py3-none-any.whl")
+    model = model_copy(source, tmp_path_factory.mktemp("requirements") / "model")
+    options = ["--read-only", "--user", "1000", "-e", "SAGEMAKER_MODEL_SERVER_WORKERS=2"]
+    with running(image, model, *options) as container:
+        response = requests.post(
+            container.url("/invocations"),
+            data=b"container",
+            headers={"Content-Type": "text/csv"},
+            timeout=30,
+        )
+        assert (response.status_code, response.text) == (200, "hello container")
+        logs = container.logs()
+        assert logs.count("pip: Successfully installed tinypkg-1.0") == 1, logs
+
+
+def test_requirements_that_cannot_install_stop_the_container(
+    image: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    source = tmp_path_factory.mktemp("bad-requirements-source")
+    (source / "code").mkdir()
+    (source / "code" / "inference.py").write_text(REQUIREMENTS_CODE)
+    (source / "code" / "requirements.txt").write_text("./wheels/missing-1.0-py3-none-any.whl\n")
+    model = model_copy(source, tmp_path_factory.mktemp("bad-requirements") / "model")
+    name = f"serving-test-{free_port()}"
+    try:
+        result = subprocess.run(
+            ["podman", "run", "--name", name, "--read-only", "--user", "1000",
+             "-v", f"{model}:/opt/ml/model:ro", image, "serve"],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    finally:
+        podman("rm", "-f", "-t", "0", name, check=False)
+    assert result.returncode == 3, result.stderr
+    assert "cannot install the code's requirements: pip could not install" in result.stderr

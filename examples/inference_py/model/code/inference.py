@@ -32,10 +32,11 @@ def model_fn(model_dir: str, context: Any) -> dict[str, Any]:
     }
 
 
-def input_fn(input_data: bytes, content_type: str) -> Any:
-    """Centimetres: CSV rows, or JSON {"flowers": [[sepal_length, ...], ...]}."""
+def input_fn(input_data: str, content_type: str) -> Any:
+    """Centimetres: CSV rows, or JSON {"flowers": [[sepal_length, ...], ...]} (both arrive as
+    text, as in the toolkit)."""
     if content_type == "text/csv":
-        return np.loadtxt(input_data.decode().splitlines(), delimiter=",", ndmin=2)
+        return np.loadtxt(input_data.splitlines(), delimiter=",", ndmin=2)
     if content_type == "application/json":
         return np.array(json.loads(input_data)["flowers"], dtype=np.float64)
     raise UnsupportedFormat(f"cannot read {content_type}; send text/csv or application/json")
