@@ -40,8 +40,13 @@ def cgroup_cpu_quota(cgroup_root: Path, proc_self_cgroup: Path) -> float | None:
 
 
 def _v2_quotas(cgroup_root: Path, proc_self_cgroup: Path) -> list[float | None]:
-    # Every ancestor's limit applies too; inside a container's cgroup namespace the path is
-    # "/" and only the root file is read.
+    return [_read_cpu_max(d / "cpu.max") for d in cgroup_v2_path(cgroup_root, proc_self_cgroup)]
+
+
+def cgroup_v2_path(cgroup_root: Path, proc_self_cgroup: Path) -> list[Path]:
+    """This process's cgroup (v2) folder and its ancestors up to ``cgroup_root``: every
+    ancestor's limit applies too. Inside a container's cgroup namespace the path is "/" and
+    only the root folder is listed."""
     relative = "/"
     try:
         for line in proc_self_cgroup.read_text().splitlines():
@@ -50,12 +55,11 @@ def _v2_quotas(cgroup_root: Path, proc_self_cgroup: Path) -> list[float | None]:
     except OSError:
         pass
     directory = cgroup_root / relative.lstrip("/")
-    found = []
-    while True:
-        found.append(_read_cpu_max(directory / "cpu.max"))
-        if directory == cgroup_root or cgroup_root not in directory.parents:
-            return found
+    folders = [directory]
+    while directory != cgroup_root and cgroup_root in directory.parents:
         directory = directory.parent
+        folders.append(directory)
+    return folders
 
 
 def _read_cpu_max(path: Path) -> float | None:

@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from .cpus import CGROUP_ROOT, PROC_SELF_CGROUP
+from .cpus import CGROUP_ROOT, PROC_SELF_CGROUP, cgroup_v2_path
 
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
@@ -63,20 +63,7 @@ def memory_limit(
 
 
 def _v2_limits(cgroup_root: Path, proc_self_cgroup: Path) -> list[int | None]:
-    relative = "/"
-    try:
-        for line in proc_self_cgroup.read_text().splitlines():
-            if line.startswith("0::"):
-                relative = line[3:]
-    except OSError:
-        pass
-    directory = cgroup_root / relative.lstrip("/")
-    found = []
-    while True:  # every ancestor's limit applies too
-        found.append(_read_limit(directory / "memory.max"))
-        if directory == cgroup_root or cgroup_root not in directory.parents:
-            return found
-        directory = directory.parent
+    return [_read_limit(d / "memory.max") for d in cgroup_v2_path(cgroup_root, proc_self_cgroup)]
 
 
 def _v1_file(cgroup_root: Path) -> Path:
