@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -135,3 +138,89 @@ def wait_gone(pids: Sequence[int], timeout: float = 10.0) -> list[int]:
     while (alive := [pid for pid in pids if pid_alive(pid)]) and time.monotonic() < deadline:
         time.sleep(0.05)
     return alive
+
+
+class FakeMultiModelContainer:
+    """A multi-model container on a free loopback port that does what it is told: records
+    each load's body, loads slowly (``load_delay``), holds ``capacity`` models before it
+    answers 507, answers a load with ``load_status`` when set, and forgets its models when
+    ``restart()`` is called. An invoke answers ``{"model": NAME}``."""
+
+    def __init__(self, capacity: int = 100, load_delay: float = 0.0) -> None:
+        self.capacity = capacity
+        self.load_delay = load_delay
+        self.load_status: int | None = None
+        self.loads: list[dict[str, str]] = []
+        self.unloads: list[str] = []
+        self.loaded: set[str] = set()
+        self.lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def _answer(self, status: int, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                self._answer(200, {})
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if self.path == "/models":
+                    request = json.loads(body)
+                    with fake.lock:
+                        fake.loads.append(request)
+                    time.sleep(fake.load_delay)
+                    with fake.lock:
+                        name = request["model_name"]
+                        if fake.load_status is not None:
+                            self._answer(fake.load_status, {"error": "told to fail"})
+                        elif name in fake.loaded:
+                            self._answer(409, {"error": "already loaded"})
+                        elif len(fake.loaded) >= fake.capacity:
+                            self._answer(507, {"error": "no room"})
+                        else:
+                            fake.loaded.add(name)
+                            self._answer(200, {})
+                    return
+                name = self.path.split("/")[2]
+                with fake.lock:
+                    if name in fake.loaded:
+                        self._answer(200, {"model": name})
+                    else:
+                        self._answer(404, {"error": "not loaded"})
+
+            def do_DELETE(self) -> None:
+                name = self.path.split("/")[2]
+                with fake.lock:
+                    fake.unloads.append(name)
+                    known = name in fake.loaded
+                    fake.loaded.discard(name)
+                self._answer(200 if known else 404, {})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever)
+
+    def restart(self) -> None:
+        with self.lock:
+            self.loaded.clear()
+
+    def __enter__(self) -> FakeMultiModelContainer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.thread.join()
+        self.server.server_close()

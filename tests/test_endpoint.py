@@ -210,7 +210,10 @@ PADDED_CSV = "text/csv; x=" + "y" * 1012
         ({"TargetVariant": "v" * 64}, "'targetVariant' failed to satisfy constraint"),
         ({"TargetVariant": "blue_1"}, "'targetVariant' failed to satisfy constraint"),
         ({"TargetVariant": "purple"}, "The variant purple does not exist for endpoint iris"),
-        ({"TargetModel": "model.tar.gz"}, "Endpoint iris is not a multi-model endpoint"),
+        (
+            {"TargetModel": "model.tar.gz"},
+            "Endpoint iris is not a multi-model endpoint and does not support target model header.",
+        ),
         ({"TargetModel": "m" * 1025}, "'targetModel' failed to satisfy constraint"),
         ({"TargetContainerHostname": "c1"}, "does not use direct invocation"),
         (

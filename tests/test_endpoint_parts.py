@@ -22,6 +22,7 @@ from serving.endpoint.connection import Connections
 from serving.endpoint.containers import Variant
 from serving.endpoint.service import Service
 from serving.endpoint.settings import EndpointSettings, markdown_table
+from serving.endpoint.targets import ModelsDir
 from serving.endpoint.upstream import Container
 from tests.endpoint import client, close_clients, running_endpoint
 
@@ -238,13 +239,19 @@ def load_text(text: str, tmp: Path | None = None) -> Any:
     [
         ("endpoints = 1", "expected [endpoints.NAME.variants.VARIANT] tables only"),
         ("[endpoints.e]\nx = 1", "expected its variants"),
-        ("[endpoints.e.variants.v]\nweight = 1", "give one of model_dir and container_url"),
+        ("[endpoints.e.variants.v]\nweight = 1", "give one of model_dir, models_dir and"),
+        ("[endpoints.e.variants.v]\nmodel_dir = 'm'\nmodels_dir = 'm'", "give one of"),
+        ("[endpoints.e.variants.v]\nmodel_dir = 'm'\ncontainer_url = 'http://h:1'", "give one"),
+        (
+            "[endpoints.e.variants.v]\ncontainer_url = 'http://h:1'\ncontainer_models_dir = '/m'",
+            "container_models_dir goes with container_url and models_dir",
+        ),
         ("[endpoints.e.variants.v]\ncontainer_url = 'http://h:1'\nwieght = 1", "unknown keys"),
         ("[endpoints.e.variants.v]\ncontainer_url = 'http://h:1'\nweight = -1", "weight must"),
         ("[endpoints.e.variants.v]\ncontainer_url = 'http://h:1'\nweight = 0", "above 0"),
         ("[endpoints.e.variants.v_1]\ncontainer_url = 'http://h:1'", "variant name 'v_1'"),
         ("[endpoints.e.variants.v]\nmodel_dir = 'nowhere'", "does not exist"),
-        ("[endpoints.e.variants.v]\nmodels_dir = 'm'", "multi-model variants"),
+        ("[endpoints.e.variants.v]\nmodels_dir = 'm'", "models directory"),
         ("[endpoints.e.variants.v]\ncontainer_url = 'ftp://h'", "not an http:// URL"),
         (
             "[endpoints.e.variants.v]\ncontainer_url = 'http://h:1'\nenvironment = {A = 1}",
@@ -275,6 +282,68 @@ def test_a_configuration_with_model_dirs_relative_to_it(tmp_path: Path) -> None:
         {"SAGEMAKER_MODEL_SERVER_WORKERS": "1"},
     )
     assert (two.container_url, two.weight) == ("http://127.0.0.1:8080", 1.0)
+
+
+def test_multi_model_variants_in_a_configuration(tmp_path: Path) -> None:
+    (tmp_path / "models").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "models")
+    path = tmp_path / "endpoints.toml"
+    path.write_text(
+        "[endpoints.a.variants.started]\nmodels_dir = 'link'\n"
+        "[endpoints.a.variants.running]\ncontainer_url = 'http://127.0.0.1:8080'\n"
+        "models_dir = 'models'\ncontainer_models_dir = '/opt/ml/models/'\n"
+        "[endpoints.a.variants.single]\ncontainer_url = 'http://127.0.0.1:8081'\n"
+    )
+    started, running, single = load(path)[0].variants
+    # resolved, as the container resolves a load's url before comparing it with its own
+    assert (started.models_dir, started.container_models_dir) == (
+        (tmp_path / "models").resolve(),
+        str((tmp_path / "models").resolve()),
+    )
+    assert (running.container_url, running.container_models_dir) == (
+        "http://127.0.0.1:8080",
+        "/opt/ml/models",
+    )
+    assert (started.multi_model, running.multi_model, single.multi_model) == (True, True, False)
+
+
+@pytest.mark.parametrize(
+    ("target_model", "relative"),
+    [
+        ("a", "a"),
+        ("a.tar.gz", "a"),
+        ("a/", "a"),
+        ("dir/b.tar.gz", "dir/b"),
+        ("odd.tar.gz", "odd.tar.gz"),  # a directory called so comes first
+        ("link", "a"),  # the directory a link leads to: one model, one name
+        ("missing.tar.gz", None),
+        (".tar.gz", None),
+        ("dir", "dir"),
+        ("../models/a", None),
+        ("/a", None),
+        ("out", None),  # a link out of the models directory
+        ("a\\..\\a", None),
+        (".", None),
+    ],
+)
+def test_target_models_name_directories_of_the_models_directory(
+    tmp_path: Path, target_model: str, relative: str | None
+) -> None:
+    root = tmp_path / "models"
+    for folder in ("a", "dir/b", "odd.tar.gz"):
+        (root / folder).mkdir(parents=True)
+    (root / "link").symlink_to(root / "a")
+    (root / "out").symlink_to(tmp_path)
+    target = ModelsDir(root, "/opt/ml/models").target(target_model)
+    if relative is None:
+        assert target is None
+        return
+    assert target is not None
+    assert target.relative == relative
+    assert target.url == f"/opt/ml/models/{relative}"
+    # opaque, as SageMaker's, and the same wherever the container reads the directory
+    assert len(target.name) == 32
+    assert target.name == getattr(ModelsDir(root, "/elsewhere").target(relative), "name", None)
 
 
 def test_docs_list_every_setting() -> None:

@@ -119,8 +119,10 @@ def run_cli(
     ("arguments", "environ", "message"),
     [
         ((), {}, "give an endpoint NAME"),
-        (("x",), {}, "give one of --model-dir and --container-url"),
+        (("x",), {}, "give one of --model-dir, --models-dir and --container-url"),
         (("x", "--model-dir", str(IRIS), "--container-url", "http://h:1"), {}, "give one of"),
+        (("x", "--model-dir", str(IRIS), "--models-dir", str(IRIS)), {}, "give one of"),
+        (("x", "--models-dir", "/nonexistent"), {}, "models directory /nonexistent does not"),
         (("bad_name", "--model-dir", str(IRIS)), {}, "endpoint name 'bad_name' is not 1-63"),
         (("x", "--container-url", "localhost:8080"), {}, "invalid --container-url"),
         (("x", "--model-dir", "/nonexistent"), {}, "model directory /nonexistent does not"),

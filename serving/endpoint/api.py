@@ -64,6 +64,23 @@ class ValidationError(ApiError):
     code = "ValidationError"
     status = HTTPStatus.BAD_REQUEST
 
+    def __init__(self, message: str, error_code: str | None = None) -> None:
+        super().__init__(message)
+        #: The body's ``ErrorCode``, where the service sends one.
+        self.error_code = error_code
+
+    def fields(self) -> dict[str, object]:
+        if self.error_code is None:
+            return super().fields()
+        return {"ErrorCode": self.error_code, "message": self.message}
+
+
+class ModelNotReady(ApiError):
+    """A multi-model endpoint's target model is still loading (it goes on loading)."""
+
+    code = "ModelNotReadyException"
+    status = HTTPStatus.TOO_MANY_REQUESTS
+
 
 class ServiceUnavailable(ApiError):
     code = "ServiceUnavailable"

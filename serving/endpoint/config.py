@@ -12,6 +12,14 @@ A TOML file names endpoints and, under each, its variants, as ``CreateEndpointCo
     [endpoints.iris.variants.green]
     container_url = "http://127.0.0.1:8080"   # a container already running
     weight = 1
+
+    [endpoints.many.variants.AllTraffic]
+    models_dir = "models"                  # multi-model: `serving serve --multi-model`
+
+    [endpoints.docker.variants.AllTraffic]  # a multi-model container already running,
+    container_url = "http://127.0.0.1:8081" # which reads the models directory at
+    models_dir = "models"                   # /opt/ml/models (docker run -v ...)
+    container_models_dir = "/opt/ml/models"
 """
 
 from __future__ import annotations
@@ -29,7 +37,19 @@ from .settings import EndpointSettings, _url
 
 DEFAULT_VARIANT = "AllTraffic"
 
-_VARIANT_KEYS = {"model_dir", "container_url", "weight", "environment"}
+_VARIANT_KEYS = {
+    "model_dir", "models_dir", "container_url", "container_models_dir", "weight", "environment"
+}  # fmt: skip
+_SOURCES = frozenset({"model_dir", "models_dir", "container_url"})
+#: What a variant's container may be described by: a model directory to start a container
+#: for, a models directory to start a multi-model one for, a running container's URL, or a
+#: running multi-model container's URL and the models directory it reads.
+_SOURCE_SETS = {
+    frozenset({"model_dir"}),
+    frozenset({"models_dir"}),
+    frozenset({"container_url"}),
+    frozenset({"container_url", "models_dir"}),
+}
 
 
 class ConfigError(SettingsError):
@@ -45,6 +65,15 @@ class VariantConfig:
     weight: float = 1.0
     #: Added to the started container's environment (a SageMaker Model's ``Environment``).
     environment: Mapping[str, str] = field(default_factory=dict)
+    #: A multi-model variant's models directory (resolved): TargetModel names a model in it.
+    models_dir: Path | None = None
+    #: Where the container reads ``models_dir`` (its load's ``url`` prefix): the same path
+    #: unless the container sees it elsewhere (``docker run -v DIR:/opt/ml/models``).
+    container_models_dir: str | None = None
+
+    @property
+    def multi_model(self) -> bool:
+        return self.models_dir is not None
 
 
 @dataclass(frozen=True)
@@ -63,23 +92,52 @@ def check_name(kind: str, name: str) -> None:
 def endpoints(settings: EndpointSettings, name: str | None) -> tuple[EndpointConfig, ...]:
     """The endpoints ``settings`` and the command's NAME describe."""
     if settings.config is not None:
-        if name is not None or settings.model_dir or settings.container_url:
+        if name is not None or settings.model_dir or settings.models_dir or settings.container_url:
             raise ConfigError(
-                "--config describes the endpoints: give it without NAME, --model-dir or "
-                "--container-url"
+                "--config describes the endpoints: give it without NAME, --model-dir, "
+                "--models-dir or --container-url"
             )
         return load(settings.config)
     if name is None:
         raise ConfigError(
-            "give an endpoint NAME (with --model-dir or --container-url), or --config"
+            "give an endpoint NAME (with --model-dir, --models-dir or --container-url), or --config"
         )
     check_name("endpoint", name)
-    if (settings.model_dir is None) == (settings.container_url is None):
-        raise ConfigError("give one of --model-dir and --container-url")
+    given = {
+        key
+        for key, value in (
+            ("model_dir", settings.model_dir),
+            ("models_dir", settings.models_dir),
+            ("container_url", settings.container_url),
+        )
+        if value is not None
+    }
+    if frozenset(given) not in _SOURCE_SETS:
+        raise ConfigError(
+            "give one of --model-dir, --models-dir and --container-url (or --container-url "
+            "with --models-dir, for a multi-model container already running)"
+        )
     if settings.model_dir is not None and not settings.model_dir.is_dir():
         raise ConfigError(f"model directory {settings.model_dir} does not exist")
-    variant = VariantConfig(DEFAULT_VARIANT, settings.model_dir, settings.container_url)
+    models_dir = _models_dir("--models-dir", settings.models_dir)
+    variant = VariantConfig(
+        DEFAULT_VARIANT,
+        settings.model_dir,
+        settings.container_url,
+        models_dir=models_dir,
+        container_models_dir=str(models_dir) if models_dir is not None else None,
+    )
     return (EndpointConfig(name, (variant,)),)
+
+
+def _models_dir(where: str, path: Path | None) -> Path | None:
+    """A multi-model variant's models directory, resolved: the container compares a load's
+    ``url`` with its own models directory after resolving symlinks."""
+    if path is None:
+        return None
+    if not path.is_dir():
+        raise ConfigError(f"{where}: models directory {path} does not exist")
+    return path.resolve()
 
 
 def load(path: Path) -> tuple[EndpointConfig, ...]:
@@ -113,18 +171,18 @@ def _variant(path: Path, where: str, name: str, values: Any) -> VariantConfig:
     check_name("variant", name)
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: expected a table")
-    if "models_dir" in values:
-        raise ConfigError(
-            f"{where}: multi-model variants (models_dir) are not supported yet; see "
-            "docs/endpoint.md"
-        )
     unknown = set(values) - _VARIANT_KEYS
     if unknown:
         raise ConfigError(
             f"{where}: unknown keys {sorted(unknown)}; known: {sorted(_VARIANT_KEYS)}"
         )
-    if ("model_dir" in values) == ("container_url" in values):
-        raise ConfigError(f"{where}: give one of model_dir and container_url")
+    if frozenset(values) & _SOURCES not in _SOURCE_SETS:
+        raise ConfigError(
+            f"{where}: give one of model_dir, models_dir and container_url (or container_url "
+            "with models_dir, for a multi-model container already running)"
+        )
+    if "container_models_dir" in values and not {"container_url", "models_dir"} <= set(values):
+        raise ConfigError(f"{where}: container_models_dir goes with container_url and models_dir")
     weight = values.get("weight", 1.0)
     if isinstance(weight, bool) or not isinstance(weight, int | float):
         raise ConfigError(f"{where}: weight must be a number")
@@ -146,4 +204,21 @@ def _variant(path: Path, where: str, name: str, values: Any) -> VariantConfig:
             container_url = _url(str(values["container_url"]))
         except ValueError as exc:
             raise ConfigError(f"{where}: container_url: {exc}") from None
-    return VariantConfig(name, model_dir, container_url, float(weight), environment)
+    models_dir = None
+    if "models_dir" in values:
+        models_dir = _models_dir(where, path.parent / str(values["models_dir"]))
+    container_models_dir = None
+    if models_dir is not None:
+        container_models_dir = str(values.get("container_models_dir", models_dir))
+        if not container_models_dir.startswith("/"):
+            raise ConfigError(f"{where}: container_models_dir must be an absolute path")
+        container_models_dir = container_models_dir.rstrip("/") or "/"
+    return VariantConfig(
+        name,
+        model_dir,
+        container_url,
+        float(weight),
+        environment,
+        models_dir,
+        container_models_dir,
+    )

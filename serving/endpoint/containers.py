@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from .api import ACCOUNT
 from .config import VariantConfig
+from .targets import ContainerModels, ModelsDir
 from .upstream import Container, TimedOut, Unreachable
 
 log = logging.getLogger("serving.endpoint")
@@ -69,6 +70,12 @@ class Variant:
         self.stopping = False
         self._supervisor: asyncio.Task[None] | None = None
         self._stop_requested = asyncio.Event()
+        #: A multi-model variant's models directory, and what its container has loaded.
+        self.models_dir: ModelsDir | None = None
+        if config.models_dir is not None:
+            assert config.container_models_dir is not None
+            self.models_dir = ModelsDir(config.models_dir, config.container_models_dir)
+        self._models: ContainerModels | None = None
 
     def __str__(self) -> str:
         return f"variant {self.name} of endpoint {self.endpoint}"
@@ -87,6 +94,13 @@ class Variant:
             f"{self.endpoint}:log-stream:{self.name}/{instance}"
         )
 
+    def models(self, container: Container) -> ContainerModels:
+        """What ``container`` has loaded (nothing, when it is a new one: a container that
+        replaces one that died has lost the models its predecessor had)."""
+        if self._models is None or self._models.container is not container:
+            self._models = ContainerModels(container)
+        return self._models
+
     async def start(self) -> None:
         """Start (or reach) the container and wait until it answers /ping with 200."""
         if self.config.container_url is not None:
@@ -100,10 +114,16 @@ class Variant:
             self._supervisor = asyncio.create_task(self._supervise())
 
     async def _start_process(self) -> None:
-        assert self.config.model_dir is not None
         port = free_port()
-        command = [sys.executable, "-m", "serving", "serve", "--model-dir"]
-        command += [str(self.config.model_dir), "--host", "127.0.0.1", "--port", str(port)]
+        command = [sys.executable, "-m", "serving", "serve"]
+        if self.config.models_dir is not None:
+            what = f"--multi-model --models-dir {self.config.models_dir}"
+            command += ["--multi-model", "--models-dir", str(self.config.models_dir)]
+        else:
+            assert self.config.model_dir is not None
+            what = f"--model-dir {self.config.model_dir}"
+            command += ["--model-dir", str(self.config.model_dir)]
+        command += ["--host", "127.0.0.1", "--port", str(port)]
         self.process = await asyncio.create_subprocess_exec(
             *command,
             stdin=subprocess.DEVNULL,
@@ -112,8 +132,8 @@ class Variant:
             preexec_fn=_die_with_parent,  # before exec: no lock is taken
         )
         log.info(
-            "%s: started serving serve --model-dir %s on 127.0.0.1:%d (pid %d)",
-            self, self.config.model_dir, port, self.process.pid,
+            "%s: started serving serve %s on 127.0.0.1:%d (pid %d)",
+            self, what, port, self.process.pid,
         )  # fmt: skip
         container = Container("127.0.0.1", port)
         try:

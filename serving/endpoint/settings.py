@@ -48,6 +48,16 @@ class EndpointSettings:
         "endpoint's one production variant (AllTraffic).",
         default_text="none",
     )
+    models_dir: Path | None = _setting(
+        None,
+        "SERVING_ENDPOINT_MODELS_DIR",
+        "--models-dir",
+        _optional_path,
+        "Models directory of a multi-model endpoint: start `serving serve --multi-model` for "
+        "it (or, with --container-url, front one that reads its models there); TargetModel "
+        "names a model directory in it, loaded on first use.",
+        default_text="none",
+    )
     container_url: str | None = _setting(
         None,
         "SERVING_ENDPOINT_CONTAINER_URL",
@@ -62,8 +72,9 @@ class EndpointSettings:
         "SERVING_ENDPOINT_CONFIG",
         "--config",
         _optional_path,
-        "TOML file of endpoints and their production variants (model directory or container "
-        "URL, weight, environment); instead of NAME and --model-dir or --container-url.",
+        "TOML file of endpoints and their production variants (model directory, models "
+        "directory or container URL, weight, environment); instead of NAME and --model-dir, "
+        "--models-dir or --container-url.",
         default_text="none",
     )
     host: str = _setting(
