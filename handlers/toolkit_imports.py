@@ -73,7 +73,14 @@ class _LaterImports(importlib.abc.MetaPathFinder):
         if path is not None:  # a submodule: its package's own path finds it
             return None
         folders = [folder for folder in list(_IMPORTED) if fullname in module_names(folder)]
-        if len(folders) != 1:
+        if len(folders) > 1:
+            # Which one the importer meant is not known here: say so, rather than "No module".
+            raise ImportError(
+                f"{fullname} is a module of several code folders ({', '.join(map(str, folders))}): "
+                "import it at the top of the user module, where each folder gets its own",
+                name=fullname,
+            )
+        if not folders:
             return None
         return importlib.machinery.PathFinder.find_spec(fullname, [str(folders[0])])
 

@@ -154,6 +154,9 @@ class ModelState:
         #: The handler's media types, asked once after it loaded (``None``: any).
         self.content_types: frozenset[str] | None = None
         self.accept_types: tuple[str, ...] | None = None
+        #: Its own admission (a multi-model endpoint's models each have one, so that one
+        #: model's burst queues behind itself alone); ``None``: the app's.
+        self.gate: FairGate | None = None
 
     def load(self) -> None:
         handler = self._make_handler()
@@ -227,9 +230,7 @@ class ServingApp:
             f"the request did not complete within {settings.timeout} s "
             "(SAGEMAKER_MODEL_SERVER_TIMEOUT)"
         )
-        self._active_requests = FairGate(
-            settings.max_active_requests or 1, int(settings.max_active_mb * 1024 * 1024)
-        )
+        self._active_requests = self.new_gate()
         self._chunk_bytes = max(1, int(settings.record_chunk_mb * 1024 * 1024))
         self._placeholders = settings.bad_records == "placeholder"
         self._spool_bytes = int(settings.record_spool_mb * 1024 * 1024)
@@ -244,6 +245,14 @@ class ServingApp:
                 "HEAD": self.execution_parameters,
             },
         }
+
+    def new_gate(self) -> FairGate:
+        """An admission gate for one model: ``SERVING_MAX_ACTIVE_REQUESTS`` and
+        ``SERVING_MAX_ACTIVE_MB``."""
+        settings = self.settings
+        return FairGate(
+            settings.max_active_requests or 1, int(settings.max_active_mb * 1024 * 1024)
+        )
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         call = Call(environ)
@@ -324,6 +333,7 @@ class ServingApp:
         handler = state.handler
         if handler is None:
             raise NotReady("the model is not loaded")
+        gate = state.gate or self._active_requests
         call.context = context = InvocationContext(
             content_type=choose_content_type(environ.get("CONTENT_TYPE", ""), state.content_types),
             accept=choose_accept(
@@ -349,7 +359,7 @@ class ServingApp:
                     context,
                     placeholders=self._placeholders,
                     spool_bytes=self._spool_bytes,
-                    invoke=self._admitted(handler.invoke),
+                    invoke=self._admitted(handler.invoke, gate),
                 )
                 answers = answerer.answer(line_chunks(body.read, self._chunk_bytes))
                 try:
@@ -362,7 +372,7 @@ class ServingApp:
             # Received before admission: a client's slow body holds its own memory, never
             # the turn of requests whose bodies are in.
             data = body.whole()
-            result = self._admitted(handler.invoke)(data, context)
+            result = self._admitted(handler.invoke, gate)(data, context)
         status, headers = self._handler_fields(handler, context)
         # Sent as the handler named it: pipelines pass the type on to the next container.
         return Reply(status, result.body, result.media_type, headers=headers)
@@ -402,12 +412,12 @@ class ServingApp:
             headers.append((name, value))
         return status, headers
 
-    def _admitted(self, invoke: Invoke) -> Invoke:
+    def _admitted(self, invoke: Invoke, gate: FairGate) -> Invoke:
         """``invoke`` once admitted: the rest wait here, leaving the event loop to /ping and to
         earlier requests."""
 
         def admitted(body: bytes, context: InvocationContext) -> Encoded:
-            with self._active_requests.admit(len(body)):
+            with gate.admit(len(body)):
                 return invoke(body, context)
 
         return admitted
@@ -451,7 +461,8 @@ def _multi_model_app(
     settings: Settings, codecs: CodecRegistry, worker_index: int, store: SharedStore
 ) -> ServingApp:
     """An app with no model of its own, serving the models loaded through ``/models``: each
-    with its own handler, all on the worker's one executor and admission."""
+    with its own handler and admission, all on the worker's one executor."""
+    from . import model_requirements
     from .models_api import ModelsApi
     from .multimodel import ModelRegistry
 
@@ -460,9 +471,13 @@ def _multi_model_app(
     def make_state(model_dir: Path) -> ModelState:
         code_dir = model_dir / "code"
         name = check_settings(replace(settings, model_dir=model_dir, code_dir=code_dir))
+        if settings.install_requirements and name != "onnx":
+            model_requirements.check(code_dir)
         handler_class = load_handler_class(name)
         model_config = replace(config, model_dir=model_dir, code_dir=code_dir)
-        return ModelState(lambda: handler_class(model_config), settings.default_accept)
+        state = ModelState(lambda: handler_class(model_config), settings.default_accept)
+        state.gate = app.new_gate()  # a burst on one model queues behind itself alone
+        return state
 
     def no_model() -> Handler:
         raise ModelLoadError("a multi-model endpoint loads its models through POST /models")
@@ -471,7 +486,13 @@ def _multi_model_app(
     app = ServingApp(settings, ModelState(no_model, settings.default_accept), executor)
     registry = ModelRegistry(settings, store, make_state, executor)
     app.models_api = ModelsApi(registry, app.invoke, settings.body_timeout)
+    # A 404, as for a model not loaded: no model is /invocations' (a 503 would say "retry").
+    app._routes["/invocations"] = {"POST": lambda call: error_reply(HTTPStatus.NOT_FOUND, NO_MODEL)}
     return app
+
+
+#: What ``POST /invocations`` answers on a multi-model endpoint.
+NO_MODEL = "this is a multi-model endpoint: invoke a model with POST /models/<model name>/invoke"
 
 
 def load_model(app: ServingApp) -> None:

@@ -68,6 +68,10 @@ REPORT_POLL_SECONDS = 0.005
 #: last use then.
 WAKE_SECONDS = 1.0
 
+#: Seconds a load may take, every worker's included (SageMaker's own limit on a load); also
+#: the bound on an unload's wait for the workers.
+LOAD_TIMEOUT_SECONDS = 360.0
+
 #: Of the container's memory limit, the share kept back by default (allocator slack).
 SLACK_SHARE = 0.05
 
@@ -96,6 +100,10 @@ class InsufficientMemory(ServingError):
     status = HTTPStatus.INSUFFICIENT_STORAGE
 
 
+class LoadTimeout(ServingError):
+    status = HTTPStatus.GATEWAY_TIMEOUT
+
+
 @dataclass(eq=False)
 class LoadedModel:
     name: str
@@ -121,8 +129,10 @@ class ModelRegistry:
         store: SharedStore,
         make_state: StateFactory,
         executor: GeventExecutor | None = None,
+        load_timeout: float = LOAD_TIMEOUT_SECONDS,
     ) -> None:
         self._settings = settings
+        self._load_timeout = load_timeout
         self._store = store
         self._make_state = make_state
         self._executor = executor
@@ -193,8 +203,9 @@ class ModelRegistry:
                 return
             name, entry = missing[0]
             model_dir = Path(entry.url).resolve()
+            until = time.monotonic() + self._load_timeout
             try:
-                model = self._load_here(name, entry.url, model_dir, _disk_bytes(model_dir))
+                model = self._load_here(name, entry.url, model_dir, _disk_bytes(model_dir), until)
             except ServingError as exc:
                 log.error("model %s cannot be loaded in this worker: %s", name, exc.message)
                 self._failed[name] = [entry.generation, exc.message]
@@ -253,6 +264,7 @@ class ModelRegistry:
             raise InvalidInput(
                 f"invalid model_name {name!r}: 1 to 256 letters, digits or ._~@+=:,- (not . or ..)"
             )
+        until = time.monotonic() + self._load_timeout
         model_dir = self._resolve(url)
         estimate = _disk_bytes(model_dir)
         with self._store.change() as registry:
@@ -264,8 +276,8 @@ class ModelRegistry:
             claimed = registry.generation
         try:
             if evicted:
-                self._wait_for_workers(claimed)
-            model = self._load_here(name, url, model_dir, estimate)
+                self._wait_for_workers(claimed, until)
+            model = self._load_here(name, url, model_dir, estimate, until)
         except BaseException:
             self._withdraw(name, None)
             raise
@@ -283,10 +295,16 @@ class ModelRegistry:
             gc.collect()
             trim()
             raise
-        failures = self._failures(name, self._wait_for_workers(entry.generation), entry)
+        try:
+            reports = self._wait_for_workers(entry.generation, until)
+        except LoadTimeout as exc:
+            # The slow workers free it once their load ends: their next turn finds it gone.
+            self._withdraw(name, entry.generation)
+            raise LoadTimeout(f"model {name!r} was not loaded: {exc.message}") from None
+        failures = self._failures(name, reports, entry)
         if failures:
             self._withdraw(name, entry.generation)
-            self._wait_for_workers(self._store.read().generation)
+            self._wait_for_workers(self._store.read().generation, until)
             raise ServingError(f"model {name!r} could not be loaded in every worker: {failures}")
         log.info(
             "model %s loaded from %s in %.2f s: %.1f MB per worker",
@@ -304,7 +322,7 @@ class ModelRegistry:
                 raise ModelNotFound(f"model {name!r} is not loaded")
             del registry.models[name]
             generation = registry.generation
-        self._wait_for_workers(generation)
+        self._wait_for_workers(generation, time.monotonic() + self._load_timeout)
 
     @staticmethod
     def loaded(registry: Registry) -> dict[str, Entry]:
@@ -345,15 +363,33 @@ class ModelRegistry:
             raise ModelNotFound(f"url {url!r}: no such model directory")
         return resolved
 
-    def _load_here(self, name: str, url: str, model_dir: Path, disk: int) -> LoadedModel:
-        """Load in a thread (the event loop keeps serving), one load at a time. The footprint
-        is the resident memory the load added, and at least the artifact's size: memory
-        freed by an unload is used again without growing the resident set."""
+    def _load_here(
+        self, name: str, url: str, model_dir: Path, disk: int, until: float
+    ) -> LoadedModel:
+        """Load in a thread (the event loop keeps serving), one load at a time, by the
+        monotonic time ``until``. The footprint is the resident memory the load added, and at
+        least the artifact's size: memory freed by an unload is used again without growing
+        the resident set."""
         # Handed over in a list emptied here: an idle pool thread keeps what its last task
         # returned, and would keep a model that is then refused alive.
         box: list[Any] = []
-        with self._loading:
-            gevent.get_hub().threadpool.apply(self._measured, (model_dir, box))
+        late = LoadTimeout(
+            f"model {name!r} did not load within {self._load_timeout:g} s in worker {self._pid}"
+        )
+        if not self._loading.acquire(timeout=max(until - time.monotonic(), 0)):
+            raise late  # another load here has not ended (or been abandoned and not ended)
+        done = gevent.get_hub().threadpool.spawn(self._measured, model_dir, box)
+        try:
+            done.get(timeout=max(until - time.monotonic(), 0))
+        except BaseException as exc:
+            # A thread cannot be stopped: the load goes on, and what it made is freed (and the
+            # next load let in) when it ends.
+            done.rawlink(lambda _: self._abandoned(box))
+            if isinstance(exc, gevent.Timeout):
+                log.error("%s; it is abandoned", late.message)
+                raise late from None
+            raise
+        self._loading.release()
         result, error = box.pop()
         if isinstance(error, ModelLoadError):
             raise InvalidInput(f"model {name!r} cannot be loaded: {error}") from error
@@ -366,6 +402,13 @@ class ModelRegistry:
             ) from error
         state, footprint, seconds = result
         return LoadedModel(name, url, state, max(footprint, disk), seconds)
+
+    def _abandoned(self, box: list[Any]) -> None:
+        """An abandoned load ended: free what it made, let the next load in."""
+        box.clear()
+        gc.collect()
+        trim()
+        self._loading.release()
 
     def _measured(self, model_dir: Path, box: list[Any]) -> None:
         """In a pool thread: the loaded state, the resident bytes it added and the seconds
@@ -441,11 +484,19 @@ class ModelRegistry:
         if model is not None and (generation is None or model.generation == generation):
             self._free(model)
 
-    def _wait_for_workers(self, generation: int) -> list[Report]:
+    def _wait_for_workers(self, generation: int, until: float) -> list[Report]:
+        """The live workers' reports once every one has applied ``generation``; a
+        :class:`LoadTimeout` naming those that have not by the monotonic time ``until``."""
         while True:
             reports = self._store.reports()
-            if all(report.generation >= generation for report in reports):
+            behind = [report.pid for report in reports if report.generation < generation]
+            if not behind:
                 return reports
+            if time.monotonic() >= until:
+                raise LoadTimeout(
+                    f"worker{'s' if len(behind) > 1 else ''} {', '.join(map(str, behind))} "
+                    f"did not apply the change within {self._load_timeout:g} s"
+                )
             time.sleep(REPORT_POLL_SECONDS)
 
     @staticmethod

@@ -291,3 +291,62 @@ def test_requirements_that_cannot_install_stop_the_container(
         podman("rm", "-f", "-t", "0", name, check=False)
     assert result.returncode == 3, result.stderr
     assert "cannot install the code's requirements: pip could not install" in result.stderr
+
+
+MME_CODE = """\
+import json
+
+
+def output_fn(prediction, accept):
+    probabilities = prediction["probabilities"].tolist()
+    return json.dumps({"model": "coded", "probabilities": probabilities})
+"""
+
+
+def test_a_multi_model_container_loads_two_models(image: str, iris: Path, tmp_path: Path) -> None:
+    """SAGEMAKER_MULTI_MODEL=true, the models under /opt/ml/models, read-only, as uid 1000:
+    a plain ONNX model and one with its own inference.py, loaded, invoked, unloaded."""
+    models_dir = tmp_path / "models"
+    model_copy(IRIS, models_dir / "plain" / "model")
+    coded = model_copy(IRIS, models_dir / "coded" / "model")
+    (coded / "code").mkdir(mode=0o755)
+    (coded / "code" / "inference.py").write_text(MME_CODE)
+    (coded / "code" / "inference.py").chmod(0o644)
+    options = [
+        "--read-only", "--user", "1000", "-e", "SAGEMAKER_MULTI_MODEL=true",
+        "-v", f"{models_dir}:/opt/ml/models:ro",
+    ]  # fmt: skip
+    expected = run_onnxruntime(IRIS / "model.onnx", {"features": ROWS})
+    body = json.dumps(ROWS.tolist())
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    with running(image, iris, *options) as container:
+        for name in ("plain", "coded"):
+            url = f"/opt/ml/models/{name}/model"
+            loaded = requests.post(
+                container.url("/models"), json={"model_name": name, "url": url}, timeout=60
+            )
+            assert loaded.status_code == 200, loaded.text + container.logs()
+        listed = requests.get(container.url("/models"), timeout=5).json()["models"]
+        assert sorted(model["modelName"] for model in listed) == ["coded", "plain"]
+        plain = requests.post(
+            container.url("/models/plain/invoke"), data=body, headers=headers, timeout=30
+        )
+        assert plain.status_code == 200, plain.text
+        np.testing.assert_allclose(
+            plain.json()["outputs"]["probabilities"], expected["probabilities"], rtol=1e-6
+        )
+        answer = requests.post(
+            container.url("/models/coded/invoke"), data=body, headers=headers, timeout=30
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["model"] == "coded"
+        np.testing.assert_allclose(
+            answer.json()["probabilities"], expected["probabilities"], rtol=1e-6
+        )
+        invocations = requests.post(
+            container.url("/invocations"), data=body, headers=headers, timeout=30
+        )
+        assert invocations.status_code == 404
+        for name in ("plain", "coded"):
+            assert requests.delete(container.url(f"/models/{name}"), timeout=60).status_code == 200
+        assert requests.get(container.url("/models"), timeout=5).json() == {"models": []}
