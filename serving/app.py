@@ -30,7 +30,8 @@ from handlers.tensors import MAX_EXPANDED_BYTES, MAX_ROWS
 
 from .admission import BodyMemory, FairGate
 from .body import BodyLimits, RequestBody
-from .execution import GeventExecutor, deadline
+from .deadline import deadline
+from .execution import GeventExecutor
 from .negotiation import choose_accept, choose_content_type
 from .settings import Settings, SettingsError
 from .startup import check_settings

@@ -23,8 +23,8 @@ batch wait for it too, unless their runs are tiny (``YIELD_ABOVE``).
 No request sees another's rows or errors: if a shared run fails, or its outputs do not line up
 with its inputs, each member is run again alone.
 
-**Timeouts.** The executor sets none of its own: the app bounds the whole request (see
-``ServingApp._deadline``) and the wait for a run ends when the request's time is up. A run in
+**Timeouts.** The executor sets none of its own: the app bounds the whole request
+(:mod:`serving.deadline`) and the wait for a run ends when the request's time is up. A run in
 a thread cannot be stopped; it is *abandoned*: its thread goes on, and a new one takes its
 slot so that later requests still run. A worker with :data:`MAX_ABANDONED_RUNS` abandoned runs
 still going takes no more threads: it cannot serve, says so on ``/ping``
@@ -39,18 +39,18 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from itertools import pairwise
-from typing import Any, ClassVar
+from typing import Any
 
 import gevent
 import numpy as np
 from gevent.event import AsyncResult, Event
 from gevent.threadpool import ThreadPool
 
-from handlers.errors import ServingError
 from handlers.execution import Feeds, Runner, T
 from handlers.tensors import Outputs
+
+from .deadline import RequestTimeout
 
 #: Weight of the newest run in the running estimate of a model's time per row.
 ESTIMATE_WEIGHT = 0.2
@@ -70,77 +70,10 @@ REMEASURE_ROWS = 4
 #: replaced: each may hold a thread, memory and CPU for good (a hook that never returns).
 MAX_ABANDONED_RUNS = 3
 
-#: How often a worker looks for requests past their deadline, in seconds.
-DEADLINE_CHECK_SECONDS = 0.05
-
 #: The 504 of requests whose shared run was abandoned at another's timeout.
 ABANDONED_SHARED_RUN = "the model run this request shared was abandoned when another timed out"
 
 log = logging.getLogger(__name__)
-
-
-class RequestTimeout(ServingError):
-    """A request outlived ``SAGEMAKER_MODEL_SERVER_TIMEOUT``; a run it waited for goes on,
-    abandoned."""
-
-    status = HTTPStatus.GATEWAY_TIMEOUT
-
-
-class _Expired(BaseException):  # a signal: no ``except Exception`` on the way may swallow it
-    def __init__(self, deadline: deadline) -> None:
-        super().__init__()
-        self.deadline = deadline
-
-
-class deadline:  # noqa: N801 - used as a function: ``with deadline(seconds, message):``
-    """:class:`RequestTimeout` with ``message`` once ``seconds`` have passed, wherever the
-    greenlet waits then: for a body, for admission, for a hook or a model run (which is then
-    abandoned). One greenlet per worker checks the requests in flight every
-    :data:`DEADLINE_CHECK_SECONDS` (so a 504 may come that much late) and throws into those
-    past their time: a ``gevent.Timeout`` per request cost 3 µs, 3% of a small model's
-    request."""
-
-    __slots__ = ("at", "greenlet", "message")
-
-    greenlet: Any
-
-    #: The deadlines in flight in this process, and the greenlet that checks them.
-    _active: ClassVar[dict[int, deadline]] = {}
-    _checker: ClassVar[gevent.Greenlet | None] = None
-
-    def __init__(self, seconds: float, message: str) -> None:
-        self.at = time.monotonic() + seconds
-        self.message = message
-
-    def __enter__(self) -> None:
-        self.greenlet = gevent.getcurrent()
-        deadline._active[id(self)] = self
-        if deadline._checker is None or deadline._checker.dead:
-            deadline._checker = gevent.spawn(deadline._check)
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, _: Any
-    ) -> None:
-        deadline._active.pop(id(self), None)
-        self.greenlet = None  # ended: nothing to throw into any more
-        if isinstance(error, _Expired) and error.deadline is self:
-            raise RequestTimeout(self.message) from None
-
-    @staticmethod
-    def _check() -> None:
-        hub = gevent.get_hub()
-        while True:
-            gevent.sleep(DEADLINE_CHECK_SECONDS)
-            now = time.monotonic()
-            for passed in [d for d in deadline._active.values() if d.at <= now]:
-                del deadline._active[id(passed)]  # thrown once
-                hub.loop.run_callback(passed._throw)
-
-    def _throw(self) -> None:
-        # Run by the hub, while every greenlet waits: the request may have ended meanwhile.
-        greenlet = self.greenlet
-        if greenlet is not None and not greenlet.dead:
-            greenlet.throw(_Expired(self))
 
 
 @dataclass(eq=False)  # identity: requests are found in queues by identity

@@ -14,12 +14,11 @@ from handlers.errors import InvalidInput
 from handlers.execution import Feeds
 from handlers.tensors import Outputs
 from serving.admission import FairGate
+from serving.deadline import RequestTimeout, deadline
 from serving.execution import (
     MAX_ABANDONED_RUNS,
     YIELD_ABOVE,
     GeventExecutor,
-    RequestTimeout,
-    deadline,
 )
 
 
