@@ -10,8 +10,7 @@ model do for a small model together (see ``docs/benchmarks.md``).
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from pathlib import Path
@@ -24,7 +23,7 @@ from werkzeug.wsgi import wrap_file
 from handlers import Handler, HandlerConfig, InvocationContext, load_handler_class
 from handlers.base import CUSTOM_ATTRIBUTES, Encoded
 from handlers.codecs import CodecPluginError, CodecRegistry, installed_codecs
-from handlers.errors import ModelFailed, ModelLoadError, NotReady, ServingError
+from handlers.errors import ModelLoadError, NotReady, ServingError
 from handlers.records import Answers, RecordChunks, answers_in_chunks, line_chunks
 from handlers.tensors import MAX_EXPANDED_BYTES, MAX_ROWS
 
@@ -32,6 +31,7 @@ from .admission import BodyMemory, FairGate
 from .body import BodyLimits, RequestBody
 from .deadline import deadline
 from .execution import GeventExecutor
+from .headers import RequestHeaders, ResponseFields, sendable, unsendable_attributes
 from .negotiation import choose_accept, choose_content_type
 from .settings import Settings, SettingsError
 from .startup import check_settings
@@ -57,50 +57,6 @@ DECODED_SIZE_FACTOR = 16
 STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
 
 JSON = "application/json"
-
-#: What a response header's value may hold: visible ASCII and spaces, not at either end (the
-#: platform's rule for custom attributes; gunicorn refuses control characters too).
-_HEADER_TEXT = re.compile(r"[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?|")
-#: A header name: an RFC 9110 token.
-_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-#: Response headers serving writes itself; a handler's values for them are ignored.
-SERVER_HEADERS = frozenset(
-    name.lower()
-    for name in (
-        "Content-Type", "Content-Length", "Connection", "Date", "Server", "Transfer-Encoding",
-        CUSTOM_ATTRIBUTES,
-    )
-)  # fmt: skip
-
-
-class RequestHeaders(Mapping[str, str]):
-    """A request's headers, read from its WSGI environ when asked; names case-insensitive."""
-
-    __slots__ = ("_environ",)
-
-    def __init__(self, environ: WSGIEnvironment) -> None:
-        self._environ = environ
-
-    @staticmethod
-    def _key(name: str) -> str:
-        key = name.upper().replace("-", "_")
-        return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}"
-
-    def __getitem__(self, name: str) -> str:
-        value = self._environ.get(self._key(name))
-        if not isinstance(value, str):
-            raise KeyError(name)
-        return value
-
-    def __iter__(self) -> Iterator[str]:
-        for key, value in self._environ.items():
-            if isinstance(value, str) and (
-                key.startswith("HTTP_") or key in ("CONTENT_TYPE", "CONTENT_LENGTH")
-            ):
-                yield key.removeprefix("HTTP_").replace("_", "-").title()
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
 
 
 def handler_config(
@@ -236,8 +192,7 @@ class ServingApp:
         self._placeholders = settings.bad_records == "placeholder"
         self._spool_bytes = int(settings.record_spool_mb * 1024 * 1024)
         self._parameters = orjson.dumps(settings.execution_parameters())
-        #: Response headers a handler set that serving writes itself, warned about once.
-        self._ignored_headers: set[str] = set()
+        self._response_fields = ResponseFields()
         self._routes: dict[str, dict[str, View]] = {
             "/ping": {"GET": self.ping, "HEAD": self.ping},
             "/invocations": {"POST": self.invocations},
@@ -266,10 +221,11 @@ class ServingApp:
             log.exception("unexpected error in %s %s", method, path)
             reply = error_reply(HTTPStatus.INTERNAL_SERVER_ERROR, "internal server error")
         echoed = call.custom_attributes()
-        if not (echoed is None or (isinstance(echoed, str) and _HEADER_TEXT.fullmatch(echoed))):
+        if not (echoed is None or sendable(echoed)):
             if hasattr(reply.body, "close"):  # a spooled answer's file
                 reply.body.close()
-            reply, echoed = self._unsendable_attributes(echoed), None
+            handler = type(self.state.handler).__name__
+            reply, echoed = _serving_error(unsendable_attributes(handler, echoed)), None
         headers = [("Content-Type", reply.content_type), *reply.headers]
         if call.body is not None and call.body.failed:
             # The rest of the body is unknown: what follows on the connection is no request.
@@ -303,15 +259,6 @@ class ServingApp:
             reply.headers.append(("Allow", ", ".join(views)))
             return reply
         return view(call)
-
-    def _unsendable_attributes(self, value: object) -> Reply:
-        return _serving_error(
-            ModelFailed(
-                f"{type(self.state.handler).__name__} set custom attributes that a header cannot "
-                f"carry ({type(value).__name__} {ascii(value)[:40]}); {CUSTOM_ATTRIBUTES} takes "
-                "visible ASCII and spaces"
-            )
-        )
 
     def ping(self, call: Call) -> Reply:
         if self.state.handler is None and not (
@@ -364,7 +311,7 @@ class ServingApp:
                 )
                 answers = answerer.answer(line_chunks(body.read, self._chunk_bytes))
                 try:
-                    status, headers = self._handler_fields(handler, context)
+                    status, headers = self._response_fields.of(type(handler).__name__, context)
                 except ServingError:
                     if not isinstance(spooled := answers.body(), list):
                         spooled.close()
@@ -374,44 +321,9 @@ class ServingApp:
             # the turn of requests whose bodies are in.
             data = body.whole()
             result = self._admitted(handler.invoke, gate)(data, context)
-        status, headers = self._handler_fields(handler, context)
+        status, headers = self._response_fields.of(type(handler).__name__, context)
         # Sent as the handler named it: pipelines pass the type on to the next container.
         return Reply(status, result.body, result.media_type, headers=headers)
-
-    def _handler_fields(
-        self, handler: Handler, context: InvocationContext
-    ) -> tuple[int, list[tuple[str, str]]]:
-        """The status and extra headers the handler set on ``context``: checked (a 500 for
-        what cannot be sent), the headers serving writes itself left out with a warning."""
-        status = context.response_status
-        if status is None:
-            status = HTTPStatus.OK
-        elif not (isinstance(status, int) and 200 <= status <= 599 and status not in (204, 304)):
-            raise ModelFailed(
-                f"{type(handler).__name__} set the response status {ascii(status)[:40]}; "
-                "it takes 200-599 (not 204 or 304, which carry no body)"
-            )
-        headers: list[tuple[str, str]] = []
-        for name, value in (context.response_headers or {}).items():
-            if not (isinstance(name, str) and _HEADER_NAME.fullmatch(name)) or not (
-                isinstance(value, str) and _HEADER_TEXT.fullmatch(value)
-            ):
-                raise ModelFailed(
-                    f"{type(handler).__name__} set a response header that cannot be sent "
-                    f"({ascii(name)[:40]}: {ascii(value)[:40]}); names are tokens, values "
-                    "visible ASCII and spaces"
-                )
-            if name.lower() in SERVER_HEADERS:
-                if name.lower() not in self._ignored_headers:  # once per worker, not per request
-                    self._ignored_headers.add(name.lower())
-                    log.warning(
-                        "%s set the response header %s, which the server writes itself: ignored",
-                        type(handler).__name__,
-                        name,
-                    )
-                continue
-            headers.append((name, value))
-        return status, headers
 
     def _admitted(self, invoke: Invoke, gate: FairGate) -> Invoke:
         """``invoke`` once admitted: the rest wait here, leaving the event loop to /ping and to
