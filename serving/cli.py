@@ -11,9 +11,12 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 
 from .settings import SETTINGS, Settings, SettingsError
-from .startup import check_settings
+from .startup import CannotListen, check_port, check_settings
+
+DISTRIBUTION = "sagemaker-onnx-serving"
 
 #: What ``serving serve``'s exit status means (gunicorn's own, but for 2).
 EXIT_STATUSES = {
@@ -28,6 +31,7 @@ def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
         prog="serving", description="Serve a model over SageMaker's /ping and /invocations."
     )
+    root.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = root.add_subparsers(dest="command", required=True)
     exit_statuses = "; ".join(f"{code} {meaning}" for code, meaning in EXIT_STATUSES.items())
     serve = commands.add_parser(
@@ -42,9 +46,18 @@ def parser() -> argparse.ArgumentParser:
             switch = argparse.BooleanOptionalAction
             serve.add_argument(setting.flag, dest=setting.name, action=switch, help=help_text)
         else:
-            serve.add_argument(setting.flag, dest=setting.name, metavar="VALUE", help=help_text)
+            serve.add_argument(
+                setting.flag, dest=setting.name, metavar=setting.metavar, help=help_text
+            )
     _add_endpoint(commands)
     return root
+
+
+def _version() -> str:
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
 
 
 def _add_endpoint(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -69,7 +82,9 @@ def _add_endpoint(commands: argparse._SubParsersAction[argparse.ArgumentParser])
             switch = argparse.BooleanOptionalAction
             endpoint.add_argument(setting.flag, dest=setting.name, action=switch, help=help_text)
         else:
-            endpoint.add_argument(setting.flag, dest=setting.name, metavar="VALUE", help=help_text)
+            endpoint.add_argument(
+                setting.flag, dest=setting.name, metavar=setting.metavar, help=help_text
+            )
 
 
 def _endpoint(arguments: dict[str, object]) -> int:
@@ -107,6 +122,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"serving: error: {exc}", file=sys.stderr)
         return 2
+    try:
+        check_port(settings)
+    except CannotListen as exc:
+        print(f"serving: error: {exc}", file=sys.stderr)
+        return 1
     from .server import serve  # here, so that `serving --help` stays fast
 
     serve(settings)

@@ -11,7 +11,8 @@ It serves only what is plain (:func:`_plain`): HTTP/1.1, a Content-Length body o
 headers. At the first request that is not, or that the C parser refuses, it stops and hands
 the connection, with every byte it has received, to gunicorn's own handling, which serves the
 rest of the connection: chunked bodies, HTTP/1.0, upgrades and gunicorn's answers to
-malformed requests stay exactly gunicorn's.
+malformed requests stay exactly gunicorn's. Without gunicorn_h1c (the ``fast`` extra is not
+installed) the loop is off and gunicorn serves every request, with its pure-Python parser.
 
 It answers as gunicorn does (``Server``, ``Date``, ``Connection``, keep-alive timeout,
 ``max_requests``), for the app this server runs (:class:`serving.app.ServingApp`), which
@@ -31,11 +32,11 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import gevent
-import gunicorn_h1c
 from gunicorn.http.message import MAX_HEADERS, MAX_REQUEST_LINE
 from gunicorn.http.wsgi import SERVER
 
 from .body import SocketBody
+from .h1 import c_parser as gunicorn_h1c
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,8 @@ class Http11Loop:
         with ``_`` dropped, methods as sent, limits that mean what they say, no
         ``SCRIPT_NAME`` prefix."""
         return (
-            not cfg.is_ssl
+            gunicorn_h1c is not None  # without the C parser (the fast extra), gunicorn serves all
+            and not cfg.is_ssl
             and cfg.proxy_protocol == "off"
             and cfg.http2_cleartext == "off"
             and cfg.header_map == "drop"

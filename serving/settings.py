@@ -31,6 +31,23 @@ class SettingsError(ValueError):
     """A setting's value is invalid; the message names the variable or flag and the value."""
 
 
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "none"
+    if isinstance(value, tuple | list):
+        return ",".join(map(str, value)) or "none"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _show_level(level: int) -> str:
+    name = logging.getLevelName(level)
+    return name if isinstance(name, str) and not name.startswith("Level ") else str(level)
+
+
 @dataclass(frozen=True)
 class Setting:
     """One row of the settings table."""
@@ -46,6 +63,13 @@ class Setting:
     from_env: Callable[[str], str] = str
     #: A flag without a value (``--log-pings``) instead of ``--flag VALUE``.
     is_switch: bool = False
+    #: The value as a user would write it, for the startup log (``auto``, not ``('auto',)``).
+    show: Callable[[Any], str] = _show
+
+    @property
+    def metavar(self) -> str:
+        """What ``--help`` names the flag's value: the setting's name (``--port PORT``)."""
+        return self.name.upper()
 
 
 def _setting(
@@ -58,6 +82,7 @@ def _setting(
     default_text: str | None = None,
     from_env: Callable[[str], str] = str,
     is_switch: bool = False,
+    show: Callable[[Any], str] = _show,
 ) -> Any:
     meta = {
         "setting": {
@@ -68,6 +93,7 @@ def _setting(
             "default_text": default_text if default_text is not None else str(default),
             "from_env": from_env,
             "is_switch": is_switch,
+            "show": show,
         }
     }
     return field(default=default, metadata=meta)
@@ -129,6 +155,7 @@ class Settings:
         parse.plugin_names,
         "Codec plugins to load: all installed ones, none, or entry-point names, comma-separated.",
         default_text="all",
+        show=lambda names: "all" if names is None else _show(names),
     )
     allow_cpu_fallback: bool = _setting(
         False,
@@ -332,6 +359,7 @@ class Settings:
         "The request timeout in seconds, as the AWS toolkit reads this variable: when set, it "
         "wins over SAGEMAKER_MODEL_SERVER_TIMEOUT (but not over --timeout).",
         default_text="unset",
+        show=lambda seconds: "unset" if seconds is None else str(seconds),
     )
     graceful_timeout: int = _setting(
         25,
@@ -442,6 +470,7 @@ class Settings:
         parse.log_level,
         "Log level, as a name (INFO) or a number (20).",
         default_text="INFO",
+        show=_show_level,
     )
     log_pings: bool = _setting(
         False,
@@ -540,8 +569,9 @@ class Settings:
         )
 
     def describe(self) -> str:
-        """One line listing every effective value, for the startup log."""
-        return " ".join(f"{s.name}={getattr(self, s.name)}" for s in SETTINGS)
+        """One line listing every effective value, as a user would write it, for the startup
+        log: ``providers=auto codec_plugins=all log_level=INFO``."""
+        return " ".join(f"{s.name}={s.show(getattr(self, s.name))}" for s in SETTINGS)
 
 
 def _table() -> tuple[Setting, ...]:

@@ -216,13 +216,14 @@ class ServingGeventWorker(GeventWorker):  # type: ignore[misc]  # gunicorn is un
         signal.signal(signal.SIGTERM, self.handle_exit)
         signal.siginterrupt(signal.SIGTERM, False)  # as gunicorn: requests are not disturbed
         servers = [self._start_server(listener) for listener in self.sockets]
-        gevent.spawn(self._write_access_log)
+        self._flush_access_log_when_idle()
         try:
             while self.alive:
                 self.notify()
                 gevent.sleep(STOP_POLL_SECONDS)
             self._stop(servers)
         finally:
+            access_lines.on_pending = None
             access_lines.flush()
 
     def _start_server(self, listener: Any) -> StreamServer:
@@ -301,7 +302,22 @@ class ServingGeventWorker(GeventWorker):  # type: ignore[misc]  # gunicorn is un
             raise StopIteration
         return answered
 
-    def _write_access_log(self) -> None:
-        while True:
-            gevent.sleep(ACCESS_FLUSH_SECONDS)
+    def _flush_access_log_when_idle(self) -> None:
+        """Write pending access lines out when the event loop has nothing else to do (an idle
+        watcher), or :data:`ACCESS_FLUSH_SECONDS` after the first, whichever comes first:
+        under load one write carries many lines; a quiet worker's lines come out at once,
+        before whatever happens next (a stop, the master's next line)."""
+        loop = gevent.get_hub().loop
+        idle = loop.idle()
+        timer = loop.timer(ACCESS_FLUSH_SECONDS)
+
+        def flush() -> None:
+            idle.stop()
+            timer.stop()
             access_lines.flush()
+
+        def pending() -> None:
+            idle.start(flush)
+            timer.start(flush)
+
+        access_lines.on_pending = pending

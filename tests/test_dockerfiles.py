@@ -82,6 +82,6 @@ def test_the_images_differ_only_in_base_and_onnxruntime() -> None:
         ),
         (
             ("ARG", "ONNXRUNTIME=onnxruntime==1.32.0"),
-            ("ARG", "ONNXRUNTIME=onnxruntime-gpu==1.23.2"),
+            ("ARG", "ONNXRUNTIME=onnxruntime-gpu==1.26.0"),
         ),
     ]

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from serving import logs
 from serving.logs import ACCESS_LOGGER, BLOCK_CHARS, FORMAT, AccessLines, OneLineFormatter
 
 
@@ -89,3 +90,28 @@ def test_a_line_reads_as_the_formatter_would_write_it(
     monkeypatch.undo()
     time.tzset()
     assert stderr.getvalue() == expected
+
+
+def test_a_log_line_writes_the_pending_access_lines_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stderr = recorded_stderr(monkeypatch)
+    monkeypatch.setattr(logs, "access_lines", AccessLines())
+    logs.access_lines.add("answered first")
+    handler = logs.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLineFormatter("%(message)s"))
+    handler.emit(logging.makeLogRecord({"msg": "logged after", "levelno": logging.INFO}))
+    assert stderr.getvalue().splitlines()[-1] == "logged after"
+    assert stderr.getvalue().splitlines()[0].endswith(": answered first")
+
+
+def test_the_first_pending_line_asks_for_a_flush() -> None:
+    lines = AccessLines()
+    asked: list[int] = []
+    lines.on_pending = lambda: asked.append(len(asked))
+    lines.add("one")
+    lines.add("two")
+    assert asked == [0]  # once per block, not per line
+    lines.flush()
+    lines.add("three")
+    assert asked == [0, 1]

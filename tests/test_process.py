@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,13 @@ def run_cli(
         (("--handler", "nowhere.at_all:Handler"), {}, "module 'nowhere.at_all' not found"),
         (("--timeout", "-5"), {}, "invalid --timeout '-5'"),
         (("--model-dir", "/nonexistent/model"), {}, "model directory /nonexistent/model does not"),
+        (("--model-dir", str(Path(__file__))), {}, "test_process.py is a file, not a folder"),
+        (
+            ("--model-dir", str(Path(__file__).parent.parent / "examples" / "iris" / "model")),
+            {"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "image/gif"},
+            "invalid SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT='image/gif' (or --default-accept): "
+            "no codec writes it; they write application/json,",
+        ),
     ],
 )
 def test_invalid_settings_exit_non_zero_naming_them(
@@ -54,6 +62,56 @@ def test_help_lists_every_variable() -> None:
     assert result.returncode == 0
     assert "SAGEMAKER_MODEL_SERVER_WORKERS" in result.stdout
     assert "--log-pings" in result.stdout
+    assert "--port PORT" in result.stdout  # values by name
+    assert "VALUE" not in result.stdout
+
+
+def test_version() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"serving {version('sagemaker-onnx-serving')}"
+
+
+def test_a_port_in_use_is_one_line_and_exit_status_1() -> None:
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        result = run_cli(
+            "serve", "--host", "127.0.0.1", "--port", str(port), "--model-dir", str(IRIS.parent)
+        )
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"serving: error: port {port} is in use (127.0.0.1:{port}): another process listens "
+        "on it; stop it or choose another port (--port, or SAGEMAKER_BIND_TO_PORT)"
+    ]
+    assert time.monotonic() - started < 5  # not gunicorn's five retries, a second apart
+
+
+def test_access_lines_come_before_the_stop(tmp_path: Path) -> None:
+    """A quiet worker writes a request's access line at once, so it precedes the master's
+    SIGTERM line and the worker's own later lines."""
+    with running_server(["--model-dir", str(IRIS.parent)], tmp_path / "server.log") as server:
+        answered = server.post(
+            "/invocations", b"[[1, 2, 3, 4]]", {"Content-Type": "application/json"}
+        )
+        assert answered.status_code == 200
+        time.sleep(0.05)  # well under the 0.2 s at which pending lines are written anyway
+        assert server.stop() == 0
+    lines = server.log().splitlines()
+    access = next(i for i, line in enumerate(lines) if '"POST /invocations HTTP/1.1" 200' in line)
+    stop = next(i for i, line in enumerate(lines) if "Handling signal: term" in line)
+    assert access < stop, "\n".join(lines)
+
+
+def test_the_configuration_line_reads_as_a_user_writes_values(tmp_path: Path) -> None:
+    with running_server(["--model-dir", str(IRIS.parent)], tmp_path / "server.log") as server:
+        line = next(line for line in server.log().splitlines() if "configuration:" in line)
+    for shown in ("providers=auto ", "codec_plugins=all ", "log_level=INFO ", "batch=false "):
+        assert shown in line + " "
+    assert "(" not in line.split("configuration:", 1)[1]  # no Python reprs
 
 
 IRIS = Path(__file__).parent.parent / "examples" / "iris" / "model" / "model.onnx"
@@ -65,11 +123,6 @@ IRIS = Path(__file__).parent.parent / "examples" / "iris" / "model" / "model.onn
         ({}, {}, "no *.onnx file in"),
         ({"model.onnx": b"not a model"}, {}, "onnxruntime cannot load"),
         ({"a.onnx": b"", "b.onnx": b""}, {}, "2 *.onnx files"),
-        (
-            {"model.onnx": IRIS.read_bytes()},
-            {"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "image/gif"},
-            "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT='image/gif' cannot be written",
-        ),
         (
             {"model.onnx": IRIS.read_bytes()},
             {"SERVING_PROVIDERS": "CUDAExecutionProvider"},

@@ -175,3 +175,20 @@ def test_available_cpus_takes_the_smaller_of_quota_and_affinity(
     assert available_cpus(half, tmp_path / "self") == 1
     many = _cgroup(tmp_path / "many", {"cpu.max": "9900000 100000"})
     assert available_cpus(many, tmp_path / "self") == affinity
+
+
+def test_the_startup_line_shows_values_as_a_user_writes_them() -> None:
+    described = Settings.from_sources({}, cpus=2).describe().split()
+    for shown in ("providers=auto", "codec_plugins=all", "log_level=INFO", "batch=false"):
+        assert shown in described
+    assert "max_payload_mb=6" in described
+    assert "timeout_seconds=unset" in described
+    flagged = Settings.from_sources({}, {"codec_plugins": "png,jpeg", "log_level": "25"}, cpus=1)
+    assert {"codec_plugins=png,jpeg", "log_level=25"} <= set(flagged.describe().split())
+
+
+def test_the_master_knows_the_builtin_response_types() -> None:
+    from handlers.codecs import default_codecs
+    from serving.startup import BUILTIN_RESPONSE_TYPES
+
+    assert set(default_codecs().encodable) == BUILTIN_RESPONSE_TYPES

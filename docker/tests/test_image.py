@@ -6,6 +6,7 @@ which sets podman up and makes the stand-in base image); not part of the main su
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import threading
@@ -13,7 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pytest
@@ -26,8 +27,13 @@ from tests.wire import run_onnxruntime
 ROOT = Path(__file__).parent.parent.parent
 IMAGE = "localhost/onnx-serving:ci"
 IRIS = ROOT / "examples" / "iris" / "model"
-#: The machine's CA bundle (with its egress proxy's CA), lent to the build's RUN steps only.
+#: The machine's CA bundle (with its egress proxy's CA), lent to pip as the build secret ca.
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+#: The one folder a run may write to, in the container.
+CONTAINER_TMP = "/tmp"  # noqa: S108
+#: What podman itself adds to a container for a run (its /etc files, the model's mount point)
+#: and the folders that hold them: `podman diff` lists them, though the server wrote nothing.
+MOUNT_POINTS = {"/etc", "/opt", "/opt/ml", "/opt/ml/model", "/run", "/run/.containerenv"}
 ROWS = np.array([[5.1, 3.5, 1.4, 0.2], [6.3, 3.3, 6.0, 2.5]], np.float32)
 
 
@@ -40,20 +46,34 @@ def podman(*arguments: str, timeout: float = 60, check: bool = True) -> str:
     return result.stdout
 
 
+def image_ids() -> set[str]:
+    return set(podman("images", "--all", "--quiet", "--no-trunc").split())
+
+
 @pytest.fixture(scope="session")
-def image() -> str:
-    volume = f"{CA_BUNDLE}:{CA_BUNDLE}:ro"
-    arguments = ["build", "--pull=never", "-v", volume, "-f", "docker/Dockerfile.cpu"]
-    result = subprocess.run(
-        ["podman", *arguments, "-t", IMAGE, str(ROOT)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return IMAGE
+def image() -> Iterator[str]:
+    """The CPU image, built from scratch: every one of its own steps runs (``--no-cache``);
+    only the base image is reused. Whatever the build made (the image, its untagged build
+    stage) is removed at the end of the session."""
+    before = image_ids()
+    arguments = ["build", "--pull=never", "--no-cache", "--secret", f"id=ca,src={CA_BUNDLE}"]
+    arguments += ["-f", "docker/Dockerfile.cpu", "-t", IMAGE, str(ROOT)]
+    try:
+        result = subprocess.run(
+            ["podman", *arguments],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        yield IMAGE
+    finally:
+        made = image_ids() - before
+        podman("rmi", "--force", IMAGE, check=False)
+        if made:
+            podman("rmi", "--force", *made, check=False)
 
 
 def model_copy(source: Path, destination: Path) -> Path:
@@ -150,6 +170,30 @@ def test_it_serves_read_only_as_another_user(image: str, iris: Path) -> None:
     with running(image, iris, "--read-only", "--user", "1000") as container:
         assert_answers_like_onnxruntime(container)
         assert podman("exec", container.name, "id", "-u").strip() == "1000"
+
+
+def test_a_run_changes_nothing_outside_tmp_and_sends_no_telemetry(image: str, iris: Path) -> None:
+    """onnxruntime's telemetry is off: no device id under /root/.cache, no warning that it
+    could not be kept; nothing else is written outside /tmp either."""
+    with running(image, iris) as container:
+        assert_answers_like_onnxruntime(container)
+        changed = podman("diff", "--format", "json", container.name)
+        logs = container.logs()
+    changes = json.loads(changed) if changed.strip() else {}
+    paths = [path for kind in changes.values() for path in kind or []]
+    outside = [
+        path
+        for path in paths
+        if not PurePosixPath(path).is_relative_to(CONTAINER_TMP) and path not in MOUNT_POINTS
+    ]
+    assert outside == [], changed
+    lines = logs.splitlines()
+    telemetry = [line for line in lines if "telemetry" in line and "configuration:" not in line]
+    assert telemetry == [], logs
+    # every line in the log format: onnxruntime's own (coloured) warnings are not
+    assert all(
+        re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ \[", line) for line in lines
+    ), logs
 
 
 def test_environment_variables_configure_it(image: str, iris: Path) -> None:

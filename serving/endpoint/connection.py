@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from http import HTTPStatus
 
-import gunicorn_h1c
+from .. import h1
 
 log = logging.getLogger("serving.endpoint")
 
@@ -164,12 +164,12 @@ class ApiConnection(asyncio.Protocol):
         if not self.buffer:
             return False
         try:
-            head = gunicorn_h1c.parse_request(self.buffer)
-        except gunicorn_h1c.IncompleteError:
+            head = h1.parse_request(self.buffer)
+        except h1.IncompleteError:
             if len(self.buffer) > MAX_HEAD_BYTES:
                 self._refuse(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "request head too large")
             return False
-        except gunicorn_h1c.ParseError as exc:
+        except h1.ParseError as exc:
             self._refuse(HTTPStatus.BAD_REQUEST, f"malformed request: {exc}")
             return False
         del self.buffer[: head["consumed"]]

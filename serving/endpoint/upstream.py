@@ -1,6 +1,6 @@
 """HTTP/1.1 to one container: keep-alive connections kept in a pool, each an asyncio protocol
-that parses the answer's head with gunicorn_h1c's C parser and collects its body (by
-Content-Length, chunked, or up to the close).
+that parses the answer's head (:mod:`serving.h1`: gunicorn_h1c's C parser when installed) and
+collects its body (by Content-Length, chunked, or up to the close).
 
 A connection taken from the pool may have been closed by the container meanwhile (its
 keep-alive timeout, a restart); a request that fails on such a connection before any byte of
@@ -13,8 +13,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-import gunicorn_h1c
-
+from .. import h1
 from .connection import LARGE_BODY, write_large
 
 #: Idle connections kept per container.
@@ -109,12 +108,12 @@ class _Connection(asyncio.Protocol):
     def _parse(self) -> None:
         if self._head is None:
             try:
-                head = gunicorn_h1c.parse_response(bytes(self.buffer))
-            except gunicorn_h1c.IncompleteError:
+                head = h1.parse_response(bytes(self.buffer))
+            except h1.IncompleteError:
                 if len(self.buffer) > MAX_HEAD_BYTES:
                     raise Unreachable("the container's answer has no end of head") from None
                 return
-            except gunicorn_h1c.ParseError as exc:
+            except h1.ParseError as exc:
                 raise Unreachable(f"the container's answer is malformed: {exc}") from None
             status, consumed = head["status"], head["consumed"]
             if 100 <= status < 200:  # an interim answer (100 Continue): the real one follows
