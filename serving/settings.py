@@ -521,20 +521,7 @@ class Settings:
         ``cpus`` and ``gpus`` are the numbers of CPUs and visible GPUs the automatic defaults
         are sized to (measured when ``None``).
         """
-        values: dict[str, Any] = {}
-        for setting in SETTINGS:
-            if flags and flags.get(setting.name) is not None:
-                text = flags[setting.name]
-                source = f"{setting.flag} {text!r}"
-            elif setting.env in environ:
-                text = setting.from_env(environ[setting.env])
-                source = f"{setting.env}={environ[setting.env]!r}"
-            else:
-                continue
-            try:
-                values[setting.name] = setting.parse(text)
-            except ValueError as exc:
-                raise SettingsError(f"invalid {source}: {exc}") from None
+        values = parsed_values(SETTINGS, environ, flags)
         if values.get("timeout_seconds") and not (flags and flags.get("timeout") is not None):
             values["timeout"] = values["timeout_seconds"]  # the toolkit's precedence
         if values.get("batch"):  # what batch transform jobs need, unless set otherwise
@@ -572,6 +559,35 @@ class Settings:
         """One line listing every effective value, as a user would write it, for the startup
         log: ``providers=auto codec_plugins=all log_level=INFO``."""
         return " ".join(f"{s.name}={s.show(getattr(self, s.name))}" for s in SETTINGS)
+
+
+def parsed_values(
+    table: tuple[Setting, ...],
+    environ: Mapping[str, str],
+    flags: Mapping[str, str] | None,
+    secret: frozenset[str] = frozenset(),
+) -> dict[str, Any]:
+    """The values ``table``'s settings take from ``environ`` and ``flags`` (flags win), by
+    name; :class:`SettingsError` naming the variable or flag, and the value unless the
+    setting is ``secret``, for one that does not parse."""
+    values: dict[str, Any] = {}
+    for setting in table:
+        if flags and flags.get(setting.name) is not None:
+            text = flags[setting.name]
+            shown, where = text, setting.flag
+        elif setting.env in environ:
+            text = setting.from_env(environ[setting.env])
+            shown, where = environ[setting.env], setting.env
+        else:
+            continue
+        if setting.name in secret:
+            shown = "***"
+        source = f"{where} {shown!r}" if where == setting.flag else f"{where}={shown!r}"
+        try:
+            values[setting.name] = setting.parse(text)
+        except ValueError as exc:
+            raise SettingsError(f"invalid {source}: {exc}") from None
+    return values
 
 
 def _table() -> tuple[Setting, ...]:

@@ -11,10 +11,9 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
 
 from .. import parsing as parse
-from ..settings import Setting, SettingsError, _setting
+from ..settings import Setting, SettingsError, _setting, parsed_values
 
 #: The service's body limit today (the 2017 service model says 5 MiB): 6 MiB.
 DEFAULT_MAX_PAYLOAD_MB = 6.0
@@ -163,21 +162,9 @@ class EndpointSettings:
         cls, environ: Mapping[str, str], flags: Mapping[str, str] | None = None
     ) -> EndpointSettings:
         """Settings from an environment and flag values (by setting name, as text)."""
-        values: dict[str, Any] = {}
-        for setting in ENDPOINT_SETTINGS:
-            if flags and flags.get(setting.name) is not None:
-                text = flags[setting.name]
-                source = f"{setting.flag} {text!r}"
-            elif setting.env in environ:
-                text = setting.from_env(environ[setting.env])
-                shown = "***" if setting.name == "secret_access_key" else environ[setting.env]
-                source = f"{setting.env}={shown!r}"
-            else:
-                continue
-            try:
-                values[setting.name] = setting.parse(text)
-            except ValueError as exc:
-                raise SettingsError(f"invalid {source}: {exc}") from None
+        values = parsed_values(
+            ENDPOINT_SETTINGS, environ, flags, secret=frozenset({"secret_access_key"})
+        )
         settings = cls(**values)
         if settings.verify_signature and not (
             settings.access_key_id and settings.secret_access_key
