@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-from .settings import SETTINGS, Settings, SettingsError
+from .settings import SETTINGS, Setting, Settings, SettingsError
 from .startup import CannotListen, check_port, check_settings
 
 DISTRIBUTION = "sagemaker-onnx-serving"
@@ -40,17 +40,22 @@ def parser() -> argparse.ArgumentParser:
         description="Start the server. Each flag can also be set by its environment variable.",
         epilog=f"exit status: {exit_statuses}",
     )
-    for setting in SETTINGS:
+    _add_settings(serve, SETTINGS)
+    _add_endpoint(commands)
+    return root
+
+
+def _add_settings(parser: argparse.ArgumentParser, table: tuple[Setting, ...]) -> None:
+    """A flag for each setting of ``table``, its variable and default in its help."""
+    for setting in table:
         help_text = f"{setting.help} [env {setting.env}; default {setting.default_text}]"
         if setting.is_switch:
             switch = argparse.BooleanOptionalAction
-            serve.add_argument(setting.flag, dest=setting.name, action=switch, help=help_text)
+            parser.add_argument(setting.flag, dest=setting.name, action=switch, help=help_text)
         else:
-            serve.add_argument(
+            parser.add_argument(
                 setting.flag, dest=setting.name, metavar=setting.metavar, help=help_text
             )
-    _add_endpoint(commands)
-    return root
 
 
 def _version() -> str:
@@ -76,15 +81,7 @@ def _add_endpoint(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         epilog=f"exit status: {exit_statuses}",
     )
     endpoint.add_argument("endpoint_name", nargs="?", metavar="NAME", help="endpoint name")
-    for setting in ENDPOINT_SETTINGS:
-        help_text = f"{setting.help} [env {setting.env}; default {setting.default_text}]"
-        if setting.is_switch:
-            switch = argparse.BooleanOptionalAction
-            endpoint.add_argument(setting.flag, dest=setting.name, action=switch, help=help_text)
-        else:
-            endpoint.add_argument(
-                setting.flag, dest=setting.name, metavar=setting.metavar, help=help_text
-            )
+    _add_settings(endpoint, ENDPOINT_SETTINGS)
 
 
 def _endpoint(arguments: dict[str, object]) -> int:

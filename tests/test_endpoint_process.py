@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +19,8 @@ from tests.endpoint import (
     running_endpoint,
     wait_gone,
 )
-from tests.server import children, clean_environ
+from tests.server import children
+from tests.test_process import run_cli
 
 IRIS = Path(__file__).parent.parent / "examples" / "iris" / "model"
 CSV = b"5.1,3.5,1.4,0.2\n"
@@ -100,19 +99,6 @@ def test_a_port_taken_is_status_1(tmp_path: Path) -> None:
         )
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
-
-
-def run_cli(
-    *arguments: str, environ: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "serving", *arguments],
-        capture_output=True,
-        text=True,
-        env=clean_environ(environ),
-        timeout=60,
-        check=False,
-    )
 
 
 @pytest.mark.parametrize(
