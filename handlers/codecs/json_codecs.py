@@ -27,9 +27,8 @@ import orjson
 
 from ..errors import InvalidInput, NotAcceptable, RecordError
 from ..tensors import Array, Inputs, Outputs, as_numeric_array
+from . import json_text
 from .lines import EMPTY_LINE, split_lines
-
-_DUMP_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 Record = Any  # one row of the model's one input, or a dict of rows by input name
 
@@ -47,7 +46,7 @@ def _loads(text: bytes, where: str) -> Any:
 
 
 def _dumps(document: Any) -> bytes:
-    return orjson.dumps(document, default=_to_builtin, option=_DUMP_OPTIONS)
+    return json_text.dumps(document, _to_builtin)
 
 
 def _to_builtin(value: Any) -> Any:
