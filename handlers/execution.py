@@ -9,7 +9,9 @@ handlers stay the same either way.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Protocol, TypeVar
 
 from .tensors import Array, Outputs
@@ -20,6 +22,50 @@ Feeds = dict[str, Array]
 Runner = Callable[[Feeds], Outputs]
 
 T = TypeVar("T")
+
+
+class RunStop:
+    """Asks a model run that is under way to end early.
+
+    The server requests it when the run's request gives up on it (its timeout, or a stop
+    cutting it short), so that the run does not go on taking a CPU for nobody. A runner that
+    can end early registers how with :meth:`on_request` (the ONNX handler sets onnxruntime's
+    ``RunOptions.terminate``); other runs just finish. Safe from any thread: a hook that is
+    registered as the stop is requested may be called twice.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._hooks: list[Callable[[], None]] = []
+
+    def on_request(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` when the stop is requested (at once if it already was)."""
+        self._hooks.append(hook)
+        if self.requested:
+            hook()
+
+    def request(self) -> None:
+        self.requested = True
+        for hook in list(self._hooks):
+            hook()
+
+
+_current_stop: ContextVar[RunStop | None] = ContextVar("current_stop", default=None)
+
+
+def current_stop() -> RunStop | None:
+    """The :class:`RunStop` of the run the calling thread is doing, if it can be stopped."""
+    return _current_stop.get()
+
+
+@contextmanager
+def stoppable(stop: RunStop) -> Iterator[None]:
+    """Runs within the block can be stopped with ``stop``."""
+    token = _current_stop.set(stop)
+    try:
+        yield
+    finally:
+        _current_stop.reset(token)
 
 
 class Executor(Protocol):

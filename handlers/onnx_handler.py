@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import numpy as np
 
 from .base import Handler, InvocationContext
 from .errors import InvalidInput, ModelFailed, ModelLoadError
-from .execution import Feeds
+from .execution import Feeds, current_stop
 from .providers import (
     GPU_PROVIDERS,
     check_session_providers,
@@ -137,6 +138,7 @@ class OnnxHandler(Handler):
     #: Whether requests can share a run: every input and output has a free first dimension.
     batchable: bool
     _invalid_argument: type[Exception]
+    _run_options: Any
 
     def load(self) -> None:
         try:
@@ -166,6 +168,7 @@ class OnnxHandler(Handler):
         in_use = self.session.get_providers()
         check_session_providers(providers, in_use, self.config.allow_cpu_fallback)
         self._invalid_argument = ort.capi.onnxruntime_pybind11_state.InvalidArgument
+        self._run_options = ort.RunOptions
         self.inputs = [self._spec(arg) for arg in self.session.get_inputs()]
         self.output_names = self._tensor_outputs()
         output_shapes = [o.shape for o in self.session.get_outputs() if o.name in self.output_names]
@@ -251,9 +254,14 @@ class OnnxHandler(Handler):
         return self.config.executor.run(self.run, self.feeds(inputs), batchable=self.batchable)
 
     def run(self, feeds: Feeds) -> Outputs:
-        """One onnxruntime run on checked feeds; blocking, safe from any thread."""
+        """One onnxruntime run on checked feeds; blocking, safe from any thread. A run that
+        is given up on (:func:`~handlers.execution.current_stop`) ends at its next node."""
+        stop, options = current_stop(), None
+        if stop is not None:
+            options = self._run_options()
+            stop.on_request(partial(setattr, options, "terminate", True))
         try:
-            results = self.session.run(self.output_names, feeds)
+            results = self.session.run(self.output_names, feeds, options)
         except self._invalid_argument as exc:  # a check onnxruntime makes that ours do not
             raise InvalidInput(f"the model refused the input: {_cut(exc)}") from exc
         except Exception as exc:  # whatever else the model raises is the model's failure

@@ -47,7 +47,7 @@ import numpy as np
 from gevent.event import AsyncResult, Event
 from gevent.threadpool import ThreadPool
 
-from handlers.execution import Feeds, Runner, T
+from handlers.execution import Feeds, Runner, RunStop, T, stoppable
 from handlers.tensors import Outputs
 
 from .deadline import RequestTimeout
@@ -200,13 +200,15 @@ class GeventExecutor:
                 return
         lane.dispatchers -= 1
 
-    def _wait(self, done: AsyncResult) -> Any:
+    def _wait(self, done: AsyncResult, stop: RunStop | None = None) -> Any:
         """The result of a run in a pool thread; if the wait ends first (the request's
-        timeout), the run is abandoned."""
+        timeout), the run is abandoned, and asked to ``stop`` if it can be."""
         try:
             return done.get()
         except BaseException:
             if not done.ready():
+                if stop is not None:
+                    stop.request()
                 self._abandon(done)
             raise
 
@@ -260,8 +262,9 @@ class GeventExecutor:
         else:
             # The error comes back as a value: gevent prints every exception that leaves a
             # pool thread to stderr, tracebacks and all, even though apply() re-raises it.
-            done = self._threads().spawn(_timed, runner, feeds)
-            outputs, error, seconds = self._wait(done)
+            stop = RunStop()
+            done = self._threads().spawn(_stoppable, stop, runner, feeds)
+            outputs, error, seconds = self._wait(done, stop)
         if error is not None:
             raise error
         if joined is not None:
@@ -367,6 +370,13 @@ def _captured(function: Callable[..., Any], *args: Any) -> tuple[Any, Exception 
         return function(*args), None
     except Exception as exc:  # noqa: BLE001 - re-raised by the caller, in its greenlet
         return None, exc
+
+
+def _stoppable(
+    stop: RunStop, runner: Runner, feeds: Feeds
+) -> tuple[Outputs, Exception | None, float]:
+    with stoppable(stop):
+        return _timed(runner, feeds)
 
 
 def _timed(runner: Runner, feeds: Feeds) -> tuple[Outputs, Exception | None, float]:

@@ -83,3 +83,45 @@ def softmax(path: Path) -> Path:
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 3])],
     )
     return save_model(graph, path)
+
+
+def slow(path: Path) -> Path:
+    """x float32 [N, 1] -> y float32 [64, 256]: repeats a 64x256 by 256x256 product and a tanh
+    as many times as x's largest value says, about 0.05 ms a time on one thread."""
+    state = [64, 256]
+    body = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["state_in", "w"], ["product"]),
+            helper.make_node("Tanh", ["product"], ["state_out"]),
+            helper.make_node("Identity", ["go_on_in"], ["go_on_out"]),
+        ],
+        "step",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("go_on_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("state_in", TensorProto.FLOAT, state),
+        ],
+        [
+            helper.make_tensor_value_info("go_on_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("state_out", TensorProto.FLOAT, state),
+        ],
+    )
+    true = helper.make_tensor("true", TensorProto.BOOL, [], [True])
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMax", ["x"], ["largest"], keepdims=0),
+            helper.make_node("Cast", ["largest"], ["times"], to=TensorProto.INT64),
+            helper.make_node("Constant", [], ["go_on"], value=true),
+            helper.make_node("Expand", ["zero", "shape"], ["start"]),
+            helper.make_node("Loop", ["times", "go_on", "start"], ["y"], body=body),
+        ],
+        "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, state)],
+        [
+            numpy_helper.from_array(np.eye(256, dtype=np.float32), "w"),
+            numpy_helper.from_array(np.zeros((), np.float32), "zero"),
+            numpy_helper.from_array(np.array(state, np.int64), "shape"),
+        ],
+    )
+    return save_model(graph, path)

@@ -10,8 +10,8 @@ import gevent
 import numpy as np
 import pytest
 
-from handlers.errors import InvalidInput
-from handlers.execution import Feeds
+from handlers.errors import InvalidInput, ModelFailed
+from handlers.execution import Feeds, current_stop
 from handlers.tensors import Outputs
 from serving.admission import FairGate
 from serving.deadline import RequestTimeout, deadline
@@ -351,6 +351,47 @@ def test_a_worker_with_too_many_stuck_runs_cannot_serve_and_asks_to_stop() -> No
         stuck.release.set()
     gevent.sleep(0.1)
     assert executor.abandoned == 0
+
+
+class EndsWhenStopped:
+    """A model whose runs go on until their stop is requested, as onnxruntime's do until
+    ``RunOptions.terminate`` is set."""
+
+    def __call__(self, feeds: Feeds) -> Outputs:
+        stop = current_stop()
+        assert stop is not None, "a run in a pool thread can be stopped"
+        stopped = threading.Event()
+        stop.on_request(stopped.set)
+        stopped.wait(10)
+        raise ModelFailed("stopped")
+
+
+def test_an_abandoned_run_is_asked_to_stop_and_gives_its_slot_back_when_it_does() -> None:
+    executor = GeventExecutor(1, max_batch_rows=8)
+    for seed in range(MAX_ABANDONED_RUNS + 1):
+        feeds = {"x": rows(seed, 1)}
+        with pytest.raises(RequestTimeout):
+            within(0.05, lambda: executor.run(EndsWhenStopped(), feeds, batchable=False))  # noqa: B023
+        ends = time.monotonic() + 2
+        while executor.abandoned and time.monotonic() < ends:
+            gevent.sleep(0.01)
+        assert executor.abandoned == 0
+    assert executor.can_serve
+
+
+def test_only_runs_in_a_thread_can_be_stopped() -> None:
+    stops: list[object] = []
+    model = Model(delay=0)
+
+    def runner(feeds: Feeds) -> Outputs:
+        stops.append(current_stop())
+        return model(feeds)
+
+    executor = GeventExecutor(1, max_batch_rows=8)
+    for seed in range(3):  # the first run in a thread; measured fast, the next ones inline
+        executor.run(runner, {"x": rows(seed, 1)}, batchable=False)
+    assert stops[0] is not None
+    assert stops[1:] == [None, None]
 
 
 @pytest.mark.parametrize("widths", [(3, 3, 3, 3), (3, 4, 3, 4, 5)])
