@@ -70,8 +70,8 @@ class Server:
     loads: dict[tuple[str, str, int], Load] = field(default_factory=dict)
 
 
-def pin(cpu: int) -> Callable[[], None]:
-    return lambda: os.sched_setaffinity(0, {cpu})
+def pin(*cpus: int) -> Callable[[], None]:
+    return lambda: os.sched_setaffinity(0, set(cpus))
 
 
 def rss_mb(pid: int) -> float:
@@ -111,7 +111,15 @@ def wait_healthy(port: int, process: subprocess.Popen[bytes], timeout: float = 6
 
 
 @contextmanager
-def start(name: str, model_dir: Path, log: Path) -> Iterator[Server]:
+def start(
+    name: str,
+    model_dir: Path,
+    log: Path,
+    cpus: tuple[int, ...] = (SERVER_CPU,),
+    byo_workers: int = 1,
+) -> Iterator[Server]:
+    """``name``'s server for the model in ``model_dir`` on ``cpus``: this one starts a worker
+    per CPU it is given, the hand-written app ``byo_workers``."""
     port = free_port()
     if name == "this server":
         command = [sys.executable, "-m", "serving", "serve", "--model-dir", str(model_dir)]
@@ -127,7 +135,7 @@ def start(name: str, model_dir: Path, log: Path) -> Iterator[Server]:
             "-k",
             "gevent",
             "-w",
-            "1",
+            str(byo_workers),
             "--http-parser",
             "python",
         ]
@@ -137,7 +145,7 @@ def start(name: str, model_dir: Path, log: Path) -> Iterator[Server]:
     with log.open("wb") as log_file:
         process = subprocess.Popen(
             command, stdout=log_file, stderr=subprocess.STDOUT, env=environ,
-            preexec_fn=pin(SERVER_CPU),
+            preexec_fn=pin(*cpus),
         )  # fmt: skip
     try:
         wait_healthy(port, process)
@@ -170,7 +178,13 @@ class PingProbe(threading.Thread):
 
 
 def wrk(
-    port: int, body_file: Path, content_type: str, accept: str, clients: int, seconds: int
+    port: int,
+    body_file: Path,
+    content_type: str,
+    accept: str,
+    clients: int,
+    seconds: int,
+    cpus: tuple[int, ...] = (CLIENT_CPU,),
 ) -> Load:
     environ = {
         **os.environ,
@@ -186,7 +200,7 @@ def wrk(
         capture_output=True,
         text=True,
         check=True,
-        preexec_fn=pin(CLIENT_CPU),
+        preexec_fn=pin(*cpus),
     ).stdout
     return Load(
         requests_per_second=float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),  # type: ignore[union-attr]
@@ -213,13 +227,19 @@ def _errors(output: str) -> int:
 
 
 def measure(
-    server: Server, cell: tuple[str, str, str], clients: int, body_file: Path, seconds: int
+    server: Server,
+    cell: tuple[str, str, str],
+    clients: int,
+    body_file: Path,
+    seconds: int,
+    cpus: tuple[int, ...] = (CLIENT_CPU,),
 ) -> Load:
+    """``wrk`` (and a ``/ping`` probe in this process) on ``cpus`` against ``server``."""
     _model, content_type, accept = cell
-    wrk(server.port, body_file, content_type, accept, clients, 2)  # warm up
+    wrk(server.port, body_file, content_type, accept, clients, 2, cpus)  # warm up
     probe = PingProbe(server.port)
     probe.start()
-    load = wrk(server.port, body_file, content_type, accept, clients, seconds)
+    load = wrk(server.port, body_file, content_type, accept, clients, seconds, cpus)
     probe.stopping.set()
     probe.join()
     if probe.latencies:

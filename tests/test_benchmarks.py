@@ -66,3 +66,19 @@ def test_the_batch_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     table = output.read_text()
     assert "| this server, 0.01 MiB chunks | 2,000 |" in table
     assert "| onnxruntime run on the array, in process | 2,000 |" in table
+
+
+def test_the_scaling_report_gives_each_cell_its_ratio() -> None:
+    import scaling
+
+    one, two = scaling.SETUPS
+    loads = {
+        one: run.Load(1000.0, 1.0, 5.0, 0),
+        two: run.Load(1800.0, 1.0, 6.0, 2, ping_p99_ms=3.0),
+    }
+    report = scaling.render([("mlp application/x-npy", "this server", loads)], 8)
+    assert (
+        "| mlp application/x-npy | this server | 1,000 (5.0) | 1,800 (6.0, **2 errors**) | 1.80x |"
+        in report
+    )
+    assert "mlp application/x-npy 3.0 ms" in report
