@@ -2,14 +2,17 @@
 
     .venv/bin/python benchmarks/endpoint.py                    # prints the table
     .venv/bin/python benchmarks/endpoint.py --requests 500     # a quick look
+    .venv/bin/python benchmarks/endpoint.py --clients 1 --pause-ms 1   # clients that pause
 
 One container (``serving serve``, one worker, the iris model) and, in front of it,
 ``serving endpoint --container-url``; the same requests are sent to the container's
 ``/invocations`` and to the API's ``/endpoints/bench/invocations``, over keep-alive
-connections from client threads in this process. The CPU time (user + system, from
-``/proc/PID/stat``) of the container's processes and of the API process is read before and
-after each phase: the overhead is (container + API CPU through the API - container CPU
-direct) / requests. Rounds alternate the phases; the table gives the median.
+connections from client threads in this process (``--pause-ms``: each client waits that long
+after each answer, as a real client does, instead of sending the next request at once). The
+CPU time (user + system, from ``/proc/PID/stat``) of the container's processes and of the API
+process is read before and after each phase: the overhead is (container + API CPU through the
+API - container CPU direct) / requests. Rounds alternate the phases; the table gives the
+median.
 
 ``--stacks`` also measures two minimal forwarding proxies that do nothing but forward (no
 validation, no variants), the other candidates for the API's HTTP stack: the standard
@@ -72,8 +75,17 @@ def wait_for(port: int, path: str, method: str = "GET", body: bytes = b"") -> No
     raise RuntimeError(f"127.0.0.1:{port}{path} not ready")
 
 
-def drive(port: int, path: str, body: bytes, content_type: str, count: int, clients: int) -> None:
-    """``count`` requests, from ``clients`` threads each with a keep-alive connection."""
+def drive(
+    port: int,
+    path: str,
+    body: bytes,
+    content_type: str,
+    count: int,
+    clients: int,
+    pause: float = 0.0,
+) -> None:
+    """``count`` requests, from ``clients`` threads each with a keep-alive connection, each
+    waiting ``pause`` seconds after each answer."""
     errors: list[str] = []
 
     def client(share: int) -> None:
@@ -85,6 +97,8 @@ def drive(port: int, path: str, body: bytes, content_type: str, count: int, clie
             response.read()
             if response.status != 200:
                 errors.append(str(response.status))
+            if pause:
+                time.sleep(pause)
         connection.close()
 
     threads = [threading.Thread(target=client, args=(count // clients,)) for _ in range(clients)]
@@ -159,9 +173,9 @@ def start_proxy(stack: str, upstream: int) -> tuple[subprocess.Popen[bytes], int
 
 
 def phase(
-    port: int, path: str, body: bytes, content_type: str, count: int, clients: int
+    port: int, path: str, body: bytes, content_type: str, count: int, clients: int, pause: float
 ) -> Callable[[], None]:
-    return lambda: drive(port, path, body, content_type, count, clients)
+    return lambda: drive(port, path, body, content_type, count, clients, pause)
 
 
 def measure(
@@ -191,6 +205,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--stacks", action="store_true", help="also the other candidate stacks")
+    parser.add_argument(
+        "--pause-ms", type=float, default=0.0, help="each client's pause after each answer"
+    )
     arguments = parser.parse_args()
 
     buffer = io.BytesIO()
@@ -217,9 +234,11 @@ def main() -> None:
             try:
                 for name, body, content_type, count in payloads:
                     for clients in arguments.clients:
+                        pause = arguments.pause_ms / 1000
+                        paused = f", {arguments.pause_ms:g} ms pauses" if pause else ""
                         cpu = measure(
-                            phase(port, "/invocations", body, content_type, count, clients),
-                            phase(proxy_port, path, body, content_type, count, clients),
+                            phase(port, "/invocations", body, content_type, count, clients, pause),
+                            phase(proxy_port, path, body, content_type, count, clients, pause),
                             container.pid,
                             proxy.pid,
                             arguments.rounds,
@@ -227,7 +246,7 @@ def main() -> None:
                         per = {key: value / count * 1000 for key, value in cpu.items()}
                         overhead = per["container"] + per["proxy"] - per["direct"]
                         rows.append(
-                            f"| {stack} | {name} | {clients} | {per['direct']:.3f} | "
+                            f"| {stack} | {name} | {clients}{paused} | {per['direct']:.3f} | "
                             f"{per['container']:.3f} + {per['proxy']:.3f} | **{overhead:.3f}** |"
                         )
                         print(rows[-1], flush=True)

@@ -1,8 +1,8 @@
 """HTTP/1.x heads parsed by gunicorn_h1c's C parser when it is installed (the ``fast`` extra),
 else by the few lines of Python below, which have the same interface: ``parse_request`` and
-``parse_response`` take the bytes received so far and return the head as a dict (``headers``
-as ``(name, value)`` bytes, ``consumed``: the head's length), or raise ``IncompleteError``
-(more bytes needed) or ``ParseError``.
+``parse_response`` take the bytes received so far (bytes, a bytearray or a memoryview) and
+return the head as a dict (``headers`` as ``(name, value)`` bytes, ``consumed``: the head's
+length), or raise ``IncompleteError`` (more bytes needed) or ``ParseError``.
 
 ``serving endpoint`` reads its clients' requests and its containers' answers with these. The
 Python parser is strict where it matters to framing (one start line, ``name: value`` fields
@@ -38,7 +38,9 @@ _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9]{2})(?: ([\t\x20-\x7e\x80
 _FIELD = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*(.*?)[ \t]*")
 
 
-def _head(data: bytes | bytearray) -> tuple[bytes, list[tuple[bytes, bytes]], int]:
+def _head(data: bytes | bytearray | memoryview) -> tuple[bytes, list[tuple[bytes, bytes]], int]:
+    if isinstance(data, memoryview):
+        data = data.tobytes()
     end = data.find(b"\r\n\r\n")
     if end < 0:
         raise IncompleteError
@@ -52,7 +54,7 @@ def _head(data: bytes | bytearray) -> tuple[bytes, list[tuple[bytes, bytes]], in
     return start_line, headers, end + 4
 
 
-def _parse_request(data: bytes | bytearray) -> dict[str, Any]:
+def _parse_request(data: bytes | bytearray | memoryview) -> dict[str, Any]:
     start_line, headers, consumed = _head(data)
     line = _REQUEST_LINE.fullmatch(start_line)
     if line is None:
@@ -66,7 +68,7 @@ def _parse_request(data: bytes | bytearray) -> dict[str, Any]:
     }
 
 
-def _parse_response(data: bytes | bytearray) -> dict[str, Any]:
+def _parse_response(data: bytes | bytearray | memoryview) -> dict[str, Any]:
     start_line, headers, consumed = _head(data)
     line = _STATUS_LINE.fullmatch(start_line)
     if line is None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -18,7 +17,7 @@ from typing import Any
 import boto3  # type: ignore[import-untyped]
 from botocore.config import Config
 
-from tests.server import clean_environ, free_port
+from tests.server import clean_environ, free_port, terminate
 
 START_TIMEOUT = 60.0
 READY = "InvokeEndpoint for "
@@ -83,14 +82,7 @@ class EndpointProcess:
         return log
 
     def stop(self, timeout: float = 60.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise
+        return terminate(self.process, timeout)
 
 
 def launch(

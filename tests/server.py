@@ -82,14 +82,19 @@ class ServerProcess:
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM, then wait for the exit status."""
         self.session.close()
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise
+        return terminate(self.process, timeout)
+
+
+def terminate(process: subprocess.Popen[bytes], timeout: float) -> int:
+    """SIGTERM, then the exit status; past ``timeout``, SIGKILL and ``TimeoutExpired``."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise
 
 
 def launch(

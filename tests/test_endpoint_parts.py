@@ -197,7 +197,7 @@ def test_an_unexpected_error_is_an_internal_failure_without_details() -> None:
     InternalFailure (500) with a generic message; the traceback goes to the log only."""
 
     class Broken(Container):
-        async def request(self, parts: list[bytes], timeout: float) -> Any:
+        def start(self, parts: list[bytes | memoryview], timeout: float, done: Any) -> None:
             raise RuntimeError("secret detail")
 
     settings = EndpointSettings()
@@ -206,7 +206,7 @@ def test_an_unexpected_error_is_an_internal_failure_without_details() -> None:
         config = load_text("[endpoints.e.variants.v]\ncontainer_url = 'http://127.0.0.1:1'\n")
         variant = Variant("e", config[0].variants[0], 1.0)
         variant.container = Broken("127.0.0.1", 1)
-        connections = Connections(Service(settings, {"e": [variant]}).handle, 1024)
+        connections = Connections(Service(settings, {"e": [variant]}).start, 1024)
         server = loop.run(loop.loop.create_server(connections.protocol, "127.0.0.1", 0))
         runtime = client(server.sockets[0].getsockname()[1], retries={"total_max_attempts": 1})
         with pytest.raises(runtime.exceptions.InternalFailure) as raised:

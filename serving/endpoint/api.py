@@ -166,38 +166,44 @@ def _shown(value: str) -> str:
     return value if len(value) <= 100 else value[:100] + "..."
 
 
-def _check(
-    problems: list[str],
-    member: str,
-    value: str | None,
-    *,
-    max_length: int,
-    pattern: re.Pattern[str] | None = None,
-    pattern_text: str = "",
-    min_length: int = 0,
-    sensitive: bool = False,
-) -> None:
-    if value is None:
-        return
-    at = f"Value at '{member}'" if sensitive else f"Value '{_shown(value)}' at '{member}'"
-    if len(value) > max_length:
-        problems.append(
-            f"{at} failed to satisfy constraint: Member must have length less than or "
-            f"equal to {max_length}"
-        )
-    elif len(value) < min_length:
-        problems.append(
-            f"{at} failed to satisfy constraint: Member must have length greater than or "
-            f"equal to {min_length}"
-        )
-    elif pattern is not None and not pattern.match(value):
-        problems.append(
-            f"{at} failed to satisfy constraint: Member must satisfy regular expression "
-            f"pattern: {pattern_text}"
-        )
-
-
 _ASCII = re.compile(r"[\x00-\x7f]*\Z")
+
+
+@dataclass(frozen=True)
+class _Member:
+    """A request member sent as a header, and its constraints in the service model."""
+
+    name: str
+    header: str
+    max_length: int
+    pattern: re.Pattern[str]
+    pattern_text: str
+    min_length: int = 0
+    sensitive: bool = False
+
+    def problem(self, value: str) -> str | None:
+        """What is wrong with ``value``, in the service's words; ``None`` if nothing."""
+        if self.min_length <= len(value) <= self.max_length and self.pattern.match(value):
+            return None
+        shown = "" if self.sensitive else f" '{_shown(value)}'"
+        at = f"Value{shown} at '{self.name}' failed to satisfy constraint: Member must"
+        if len(value) > self.max_length:
+            return f"{at} have length less than or equal to {self.max_length}"
+        if len(value) < self.min_length:
+            return f"{at} have length greater than or equal to {self.min_length}"
+        return f"{at} satisfy regular expression pattern: {self.pattern_text}"
+
+
+_MEMBERS = (
+    _Member("contentType", CONTENT_TYPE, 1024, _ASCII, r"\p{ASCII}*"),
+    _Member("accept", ACCEPT, 1024, _ASCII, r"\p{ASCII}*"),
+    _Member("customAttributes", CUSTOM_ATTRIBUTES, 1024, _VISIBLE, r"\p{ASCII}*", sensitive=True),
+    _Member("targetModel", TARGET_MODEL, 1024, _PRINTABLE, PRINTABLE_PATTERN, min_length=1),
+    _Member("targetVariant", TARGET_VARIANT, 63, _NAME, NAME_PATTERN),
+    _Member("targetContainerHostname", TARGET_CONTAINER, 63, _NAME, NAME_PATTERN),
+    _Member("inferenceId", INFERENCE_ID, 64, _PRINTABLE, PRINTABLE_PATTERN, min_length=1),
+)
+_ENDPOINT_NAME = _Member("endpointName", "", 63, _NAME, NAME_PATTERN, min_length=1)
 
 
 def check_invocation(
@@ -207,67 +213,13 @@ def check_invocation(
 
     ``headers`` are by lower-case name, values decoded as Latin-1 (what the wire holds)."""
     problems: list[str] = []
-    _check(
-        problems,
-        "endpointName",
-        endpoint,
-        max_length=63,
-        pattern=_NAME,
-        pattern_text=NAME_PATTERN,
-        min_length=1,
-    )
-    for member, header in (("contentType", CONTENT_TYPE), ("accept", ACCEPT)):
-        _check(
-            problems,
-            member,
-            headers.get(header),
-            max_length=1024,
-            pattern=_ASCII,
-            pattern_text=r"\p{ASCII}*",
-        )
-    _check(
-        problems,
-        "customAttributes",
-        headers.get(CUSTOM_ATTRIBUTES),
-        max_length=1024,
-        pattern=_VISIBLE,
-        pattern_text=r"\p{ASCII}*",
-        sensitive=True,
-    )
-    _check(
-        problems,
-        "targetModel",
-        headers.get(TARGET_MODEL),
-        max_length=1024,
-        min_length=1,
-        pattern=_PRINTABLE,
-        pattern_text=PRINTABLE_PATTERN,
-    )
-    _check(
-        problems,
-        "targetVariant",
-        headers.get(TARGET_VARIANT),
-        max_length=63,
-        pattern=_NAME,
-        pattern_text=NAME_PATTERN,
-    )
-    _check(
-        problems,
-        "targetContainerHostname",
-        headers.get(TARGET_CONTAINER),
-        max_length=63,
-        pattern=_NAME,
-        pattern_text=NAME_PATTERN,
-    )
-    _check(
-        problems,
-        "inferenceId",
-        headers.get(INFERENCE_ID),
-        max_length=64,
-        min_length=1,
-        pattern=_PRINTABLE,
-        pattern_text=PRINTABLE_PATTERN,
-    )
+    problem = _ENDPOINT_NAME.problem(endpoint)
+    if problem is not None:
+        problems.append(problem)
+    for member in _MEMBERS:
+        value = headers.get(member.header)
+        if value is not None and (problem := member.problem(value)) is not None:
+            problems.append(problem)
     if body_length > max_body:
         problems.append(
             "Value at 'body' failed to satisfy constraint: Member must have length less "

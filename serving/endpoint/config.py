@@ -5,7 +5,8 @@ A TOML file names endpoints and, under each, its variants, as ``CreateEndpointCo
 ``ProductionVariants`` do::
 
     [endpoints.iris.variants.blue]
-    model_dir = "examples/iris/model"      # started with `serving serve`, relative to this file
+    model_dir = "examples/iris/model"      # started with `serving serve`, relative to this file;
+                                           # a model.tar.gz is extracted first
     weight = 3                             # InitialVariantWeight (default 1)
     environment = { SAGEMAKER_MODEL_SERVER_WORKERS = "1" }
 
@@ -33,6 +34,7 @@ from typing import Any
 
 from ..settings import SettingsError
 from .api import _NAME, NAME_PATTERN
+from .archive import is_archive
 from .settings import EndpointSettings, _url
 
 DEFAULT_VARIANT = "AllTraffic"
@@ -59,7 +61,8 @@ class ConfigError(SettingsError):
 @dataclass(frozen=True)
 class VariantConfig:
     name: str
-    #: A model directory to start ``serving serve`` for, or ``None`` with ``container_url``.
+    #: A model directory to start ``serving serve`` for; ``None`` with ``container_url``, or
+    #: with ``model_archive`` until the command has extracted it.
     model_dir: Path | None
     container_url: str | None
     weight: float = 1.0
@@ -70,6 +73,8 @@ class VariantConfig:
     #: Where the container reads ``models_dir`` (its load's ``url`` prefix): the same path
     #: unless the container sees it elsewhere (``docker run -v DIR:/opt/ml/models``).
     container_models_dir: str | None = None
+    #: A ``model.tar.gz`` (resolved) to extract, then serve as ``model_dir``.
+    model_archive: Path | None = None
 
     @property
     def multi_model(self) -> bool:
@@ -117,17 +122,29 @@ def endpoints(settings: EndpointSettings, name: str | None) -> tuple[EndpointCon
             "give one of --model-dir, --models-dir and --container-url (or --container-url "
             "with --models-dir, for a multi-model container already running)"
         )
-    if settings.model_dir is not None and not settings.model_dir.is_dir():
-        raise ConfigError(f"model directory {settings.model_dir} does not exist")
+    model_dir, model_archive = _model("--model-dir", settings.model_dir)
     models_dir = _models_dir("--models-dir", settings.models_dir)
     variant = VariantConfig(
         DEFAULT_VARIANT,
-        settings.model_dir,
+        model_dir,
         settings.container_url,
         models_dir=models_dir,
         container_models_dir=str(models_dir) if models_dir is not None else None,
+        model_archive=model_archive,
     )
     return (EndpointConfig(name, (variant,)),)
+
+
+def _model(where: str, path: Path | None) -> tuple[Path | None, Path | None]:
+    """A variant's model, as (directory, archive): a model directory, or a tar archive (a
+    ``model.tar.gz``, as SageMaker's ``ModelDataUrl`` names) to extract before its start."""
+    if path is None or path.is_dir():
+        return path, None
+    if is_archive(path):
+        return None, path.resolve()
+    if path.exists():
+        raise ConfigError(f"{where}: {path} is neither a model directory nor a model.tar.gz")
+    raise ConfigError(f"{where}: model directory {path} does not exist")
 
 
 def _models_dir(where: str, path: Path | None) -> Path | None:
@@ -193,11 +210,9 @@ def _variant(path: Path, where: str, name: str, values: Any) -> VariantConfig:
         isinstance(value, str) for value in environment.values()
     ):
         raise ConfigError(f"{where}: environment must be a table of strings")
-    model_dir = None
+    model_dir = model_archive = None
     if "model_dir" in values:
-        model_dir = path.parent / str(values["model_dir"])
-        if not model_dir.is_dir():
-            raise ConfigError(f"{where}: model directory {model_dir} does not exist")
+        model_dir, model_archive = _model(where, path.parent / str(values["model_dir"]))
     container_url = None
     if "container_url" in values:
         try:
@@ -221,4 +236,5 @@ def _variant(path: Path, where: str, name: str, values: Any) -> VariantConfig:
         environment,
         models_dir,
         container_models_dir,
+        model_archive,
     )

@@ -1,6 +1,12 @@
 """The API's HTTP/1.1 side: one asyncio protocol per client connection, the head parsed by
-gunicorn_h1c's C parser, the body collected by Content-Length, one request at a time (reading
-pauses while one is answered), keep-alive as HTTP/1.1 has it.
+gunicorn_h1c's C parser, the body collected by Content-Length, one request at a time,
+keep-alive as HTTP/1.1 has it.
+
+Bytes are received into one buffer per connection (:class:`asyncio.BufferedProtocol`); a body
+that came with its head is copied out of it, a longer one is received straight into a buffer
+of its own, sized by its Content-Length (:mod:`.buffers`). While a request is answered, what
+the client sends next waits in the buffer; reading pauses only when that passes
+:data:`MAX_HEAD_BYTES` (botocore never sends a request before the last one's answer).
 
 This is all botocore needs (it sends a Content-Length body, never chunked); a chunked body or
 a malformed head is answered with a 400 and the connection closed.
@@ -11,20 +17,20 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
-import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 
 from .. import h1
-
-log = logging.getLogger("serving.endpoint")
+from .buffers import MIN_POOLED, POOL
 
 #: A head larger than this is refused (botocore's are well under 2 KiB).
 MAX_HEAD_BYTES = 64 * 1024
 #: A body declared larger than this is not read: the answer comes and the connection closes.
 MAX_DRAIN_BYTES = 256 * 1024 * 1024
+#: The receive buffer's first size (it grows for a head that does not fit).
+RECEIVE_BYTES = 16 * 1024
 
 
 @dataclass
@@ -34,7 +40,8 @@ class Request:
     target: str
     #: By lower-case name; repeated headers joined with ``,`` (as SigV4 signs them).
     headers: dict[str, str]
-    body: bytes
+    #: Valid until the request is answered (a view of a buffer used again afterwards).
+    body: bytes | memoryview
     #: The declared body length; ``body`` is empty when it is over the limit (not kept).
     body_length: int
 
@@ -43,10 +50,14 @@ class Request:
 class Response:
     status: int
     headers: list[tuple[str, str]]
-    body: bytes
+    body: bytes | memoryview
+    #: The pooled buffer ``body`` is a view of, given back once the answer is written.
+    buffer: bytearray | None = None
 
 
-Handler = Callable[[Request], Coroutine[None, None, Response]]
+#: Answers a request: calls its second argument with the answer, exactly once, at once or
+#: later; never raises.
+Handler = Callable[[Request, Callable[[Response], None]], None]
 
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
 _date = ["", 0]
@@ -59,14 +70,14 @@ def _http_date() -> str:
     return str(_date[0])
 
 
-def encode(response: Response, keep_alive: bool) -> bytes:
-    lines = [f"HTTP/1.1 {response.status} {_REASONS.get(response.status, 'Unknown')}"]
-    lines += [f"{name}: {value}" for name, value in response.headers]
-    lines.append(f"Date: {_http_date()}")
-    lines.append(f"Content-Length: {len(response.body)}")
-    if not keep_alive:
-        lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + response.body
+def encode_head(response: Response, keep_alive: bool) -> bytes:
+    """The status line and headers, ``Date`` and ``Content-Length`` added."""
+    fields = "".join([f"{name}: {value}\r\n" for name, value in response.headers])
+    close = "" if keep_alive else "Connection: close\r\n"
+    return (
+        f"HTTP/1.1 {response.status} {_REASONS.get(response.status, 'Unknown')}\r\n{fields}"
+        f"Date: {_http_date()}\r\nContent-Length: {len(response.body)}\r\n{close}\r\n"
+    ).encode("latin-1")
 
 
 class Connections:
@@ -101,15 +112,29 @@ class Connections:
             self.all_closed.set()
 
 
-class ApiConnection(asyncio.Protocol):
+class ApiConnection(asyncio.BufferedProtocol):
     def __init__(self, connections: Connections) -> None:
         self.connections = connections
+        self._loop = asyncio.get_running_loop()  # once: each call is a getpid() on 3.11
         self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
         self.busy = False
+        # received and not yet used: self._buffer[self._start:self._end]
+        self._buffer = bytearray(RECEIVE_BYTES)
+        self._view = memoryview(self._buffer)
+        self._start = self._end = 0
         #: The parsed head of a request whose body is still arriving.
         self._pending: tuple[str, str, dict[str, str], int, bool] | None = None
+        #: Where that body arrives when it did not come with its head, and how much has.
+        self._body: bytearray | None = None
+        self._body_view: memoryview | None = None
+        self._received = 0
         self._discard = 0  # bytes of a refused body still to skip
+        self._paused = False
+        #: The request being answered: whether the connection stays open after it, and the
+        #: pooled buffer its body is in.
+        self._keep_alive = True
+        self._request_buffer: bytearray | None = None
+        self._in_next = False
         self.writable = asyncio.Event()
         self.writable.set()
 
@@ -128,51 +153,105 @@ class ApiConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def data_received(self, data: bytes) -> None:
-        if self._discard:
-            skipped = min(self._discard, len(data))
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._body_view is not None:  # exactly the rest of the body: no byte after it
+            return self._body_view[self._received :]
+        if self._end == len(self._buffer):
+            self._make_room()
+        return self._view[self._end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._body_view is not None:
+            self._received += nbytes
+            if self._received == len(self._body_view):
+                self._body_received()
+            return
+        if self._discard:  # nothing else is waiting while a refused body is skipped
+            skipped = min(self._discard, nbytes)
             self._discard -= skipped
-            data = data[skipped:]
-        self.buffer += data
+            self._start = self._end + skipped
+        self._end += nbytes
         if not self.busy:
             self._next()
+        elif self._end - self._start > MAX_HEAD_BYTES and self.transport is not None:
+            self.transport.pause_reading()
+            self._paused = True
+
+    def _make_room(self) -> None:
+        waiting = self._view[self._start : self._end].tobytes()
+        if len(waiting) > len(self._buffer) // 2:  # a long head: a larger buffer
+            self._buffer = bytearray(2 * len(self._buffer))
+            self._view = memoryview(self._buffer)
+        self._buffer[: len(waiting)] = waiting
+        self._start, self._end = 0, len(waiting)
+
+    def _consume(self, count: int) -> None:
+        self._start += count
+        if self._start == self._end:
+            self._start = self._end = 0
 
     def _next(self) -> None:
+        """Answer the requests received, one at a time, until one is being answered or more
+        bytes are needed (a loop, not a recursion: an answer may come at once)."""
+        self._in_next = True
+        try:
+            while not self.busy and self._take_request():
+                pass
+        finally:
+            self._in_next = False
+
+    def _take_request(self) -> bool:
+        """Dispatch the next request if it is whole; whether one was."""
         if self._pending is None and not self._read_head():
-            return
+            return False
         assert self._pending is not None
         method, target, headers, length, keep_alive = self._pending
+        available = self._end - self._start
         if length > self.connections.max_body:
             # not kept: answered at once, the rest skipped as it arrives
             self._pending = None
-            kept = min(length, len(self.buffer))
-            del self.buffer[:kept]
+            kept = min(length, available)
+            self._consume(kept)
             self._discard = length - kept
             if length > MAX_DRAIN_BYTES:
                 keep_alive = False
             self._dispatch(Request(method, target, headers, b"", length), keep_alive)
-            return
-        if len(self.buffer) < length:
-            return
-        with memoryview(self.buffer) as view:
-            body = bytes(view[:length])
-        del self.buffer[:length]
-        self._pending = None
-        self._dispatch(Request(method, target, headers, body, length), keep_alive)
+            return True
+        if available >= length:
+            body = self._view[self._start : self._start + length].tobytes()
+            self._consume(length)
+            self._pending = None
+            self._dispatch(Request(method, target, headers, body, length), keep_alive)
+            return True
+        # the rest of the body goes straight into a buffer of its own
+        buffer = POOL.take(length) if length >= MIN_POOLED else bytearray(length)
+        buffer[:available] = self._view[self._start : self._end]
+        self._start = self._end = 0
+        self._body, self._body_view, self._received = buffer, memoryview(buffer)[:length], available
+        return False
+
+    def _body_received(self) -> None:
+        assert self._pending is not None
+        assert self._body_view is not None
+        method, target, headers, length, keep_alive = self._pending
+        request = Request(method, target, headers, self._body_view, length)
+        buffer = self._body if length >= MIN_POOLED else None
+        self._pending = self._body = self._body_view = None
+        self._dispatch(request, keep_alive, buffer)
 
     def _read_head(self) -> bool:
-        if not self.buffer:
+        if self._start == self._end:
             return False
         try:
-            head = h1.parse_request(self.buffer)
+            head = h1.parse_request(self._view[self._start : self._end])
         except h1.IncompleteError:
-            if len(self.buffer) > MAX_HEAD_BYTES:
+            if self._end - self._start > MAX_HEAD_BYTES:
                 self._refuse(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "request head too large")
             return False
         except h1.ParseError as exc:
             self._refuse(HTTPStatus.BAD_REQUEST, f"malformed request: {exc}")
             return False
-        del self.buffer[: head["consumed"]]
+        self._consume(head["consumed"])
         headers: dict[str, str] = {}
         for name, value in head["headers"]:
             key = name.decode("latin-1").lower()
@@ -196,8 +275,9 @@ class ApiConnection(asyncio.Protocol):
         target = head["path"].decode("latin-1")
         self._pending = (method, target, headers, length, keep_alive)
         if (
-            headers.get("expect", "").lower() == "100-continue"
-            and len(self.buffer) < length <= self.connections.max_body
+            "expect" in headers
+            and headers["expect"].lower() == "100-continue"
+            and self._end - self._start < length <= self.connections.max_body
             and self.transport is not None
         ):
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -208,31 +288,56 @@ class ApiConnection(asyncio.Protocol):
         botocore raises its class), and close the connection."""
         headers = [("Content-Type", "application/json"), ("x-amzn-ErrorType", "ValidationError")]
         body = json.dumps({"message": message}).encode()
-        self._send(Response(status, headers, body), False)
-
-    def _dispatch(self, request: Request, keep_alive: bool) -> None:
-        self.busy = True
+        self._start = self._end = 0
         if self.transport is not None:
-            self.transport.pause_reading()
-        asyncio.get_running_loop().create_task(self._answer(request, keep_alive))
+            self.transport.write(encode_head(Response(status, headers, body), False) + body)
+            self.transport.close()
 
-    async def _answer(self, request: Request, keep_alive: bool) -> None:
-        try:
-            response = await self.connections.handler(request)
-        except Exception:
-            log.exception("unexpected error answering a request")
-            response = Response(500, [("Content-Type", "application/json")], b'{"message": ""}')
-        keep_alive = keep_alive and not self.connections.stopping
-        if len(response.body) > LARGE_BODY and self.transport is not None:
-            await write_large(self.transport, self.writable, encode(response, keep_alive))
-            if not keep_alive:
-                self.close()
+    def _dispatch(
+        self, request: Request, keep_alive: bool, buffer: bytearray | None = None
+    ) -> None:
+        self.busy = True
+        self._keep_alive = keep_alive
+        self._request_buffer = buffer
+        self.connections.handler(request, self._respond)
+
+    def _respond(self, response: Response) -> None:
+        if self._request_buffer is not None:  # the request's body: the handler is done with it
+            POOL.give(self._request_buffer)
+            self._request_buffer = None
+        keep_alive = self._keep_alive and not self.connections.stopping
+        transport = self.transport
+        if transport is None:  # the client went away
+            if response.buffer is not None:
+                POOL.give(response.buffer)
+            self.busy = False
+            return
+        head = encode_head(response, keep_alive)
+        if len(response.body) > LARGE_BODY:
+            transport.write(head)
+            self._loop.create_task(self._write_large(transport, response, keep_alive))
         else:
-            self._send(response, keep_alive)
+            transport.write(head + response.body)
+            self._sent(transport, response, keep_alive)
+
+    async def _write_large(
+        self, transport: asyncio.Transport, response: Response, keep_alive: bool
+    ) -> None:
+        await write_large(transport, self.writable, response.body)
+        self._sent(transport, response, keep_alive)
+
+    def _sent(self, transport: asyncio.Transport, response: Response, keep_alive: bool) -> None:
+        if not keep_alive:
+            transport.close()
+        if response.buffer is not None and not transport.get_write_buffer_size():
+            POOL.give(response.buffer)
         self.busy = False
         if keep_alive and self.transport is not None:
-            self.transport.resume_reading()
-            self._next()
+            if self._paused:
+                self._paused = False
+                self.transport.resume_reading()
+            if not self._in_next:  # else the loop there goes on
+                self._next()
         elif self.connections.stopping:
             self.close()
 
@@ -242,20 +347,14 @@ class ApiConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.writable.set()
 
-    def _send(self, response: Response, keep_alive: bool) -> None:
-        if self.transport is None:
-            return
-        self.transport.write(encode(response, keep_alive))
-        if not keep_alive:
-            self.transport.close()
-            self.buffer.clear()
-
 
 #: Bodies larger than this are written in pieces of this size as the socket takes them.
 LARGE_BODY = 256 * 1024
 
 
-async def write_large(transport: asyncio.Transport, writable: asyncio.Event, data: bytes) -> None:
+async def write_large(
+    transport: asyncio.Transport, writable: asyncio.Event, data: bytes | memoryview
+) -> None:
     """Write ``data`` a piece at a time, each once the transport's buffer has drained.
 
     Python 3.11's socket transport keeps what the socket did not take in a bytearray that it

@@ -1,14 +1,20 @@
-"""``serving endpoint``: start (or reach) the containers, wait for their /ping, serve the API
-until SIGTERM or SIGINT, then stop the API and the containers it started."""
+"""``serving endpoint``: extract the model archives, start (or reach) the containers, wait for
+their /ping, serve the API until SIGTERM or SIGINT, then stop the API and the containers it
+started, and remove what it extracted."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import shutil
 import signal
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
+from .archive import ArchiveError, Cancelled, extract
 from .config import EndpointConfig
 from .connection import Connections
 from .containers import StartFailed, Variant
@@ -23,7 +29,7 @@ FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 EXIT_STATUSES = {
     0: "stopped by SIGTERM or SIGINT",
     1: "could not listen on the API's port",
-    2: "invalid settings or configuration",
+    2: "invalid settings or configuration, or a model.tar.gz refused",
     3: "a container did not become healthy (the reason is logged)",
 }
 
@@ -43,12 +49,54 @@ async def _serve(settings: EndpointSettings, configs: tuple[EndpointConfig, ...]
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    if all(variant.model_archive is None for config in configs for variant in config.variants):
+        return await _run(settings, configs, stop)
+    scratch = Path(tempfile.mkdtemp(prefix="serving-endpoint-"))
+    try:
+        try:
+            configs = await _extract(configs, scratch, stop)
+        except ArchiveError as exc:
+            log.error("%s", exc)
+            return 2
+        except Cancelled:
+            return 0
+        return await _run(settings, configs, stop)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+async def _extract(
+    configs: tuple[EndpointConfig, ...], scratch: Path, stop: asyncio.Event
+) -> tuple[EndpointConfig, ...]:
+    """The configuration with each variant's model.tar.gz extracted into a directory of
+    ``scratch`` (in a thread: the loop still takes signals, and a stop ends it)."""
+    extracted = []
+    for config in configs:
+        variants = []
+        for variant in config.variants:
+            if variant.model_archive is not None:
+                directory = scratch / f"{config.name}.{variant.name}"
+                await asyncio.to_thread(extract, variant.model_archive, directory, stop.is_set)
+                log.info(
+                    "variant %s of endpoint %s: %s extracted to %s (removed at stop)",
+                    variant.name, config.name, variant.model_archive, directory,
+                )  # fmt: skip
+                variant = dataclasses.replace(variant, model_dir=directory)
+            variants.append(variant)
+        extracted.append(dataclasses.replace(config, variants=tuple(variants)))
+    return tuple(extracted)
+
+
+async def _run(
+    settings: EndpointSettings, configs: tuple[EndpointConfig, ...], stop: asyncio.Event
+) -> int:
+    loop = asyncio.get_running_loop()
     endpoints = {
         config.name: [Variant(config.name, v, settings.start_timeout) for v in config.variants]
         for config in configs
     }
     variants = [variant for listed in endpoints.values() for variant in listed]
-    connections = Connections(Service(settings, endpoints).handle, settings.max_payload_bytes)
+    connections = Connections(Service(settings, endpoints).start, settings.max_payload_bytes)
     try:
         server = await loop.create_server(
             connections.protocol, settings.host, settings.port, start_serving=False

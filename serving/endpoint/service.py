@@ -4,10 +4,10 @@ of production variant, the call to its container, and every outcome as the servi
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
-import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from urllib.parse import unquote
 
 from . import sigv4
@@ -27,7 +27,7 @@ from .connection import Request, Response
 from .containers import Variant
 from .settings import EndpointSettings
 from .targets import ContainerModels, LoadFailed, NotFound, Target
-from .upstream import Container, Reply, TimedOut, Unreachable
+from .upstream import Container, Outcome, Reply, TimedOut, Unreachable
 
 log = logging.getLogger("serving.endpoint")
 
@@ -37,6 +37,16 @@ UNSERVED = {
     "/invocations-response-stream": "InvokeEndpointWithResponseStream",
     "/async-invocations": "InvokeEndpointAsync",
 }
+
+
+def _request_id() -> str:
+    """A version 4 UUID, as the service's request ids are: from ``random``, which unlike
+    ``uuid.uuid4`` makes no system call (an id needs no secret randomness)."""
+    number = random.getrandbits(128)
+    number = number & ~(0xF000 << 64) | 0x4000 << 64  # the version, 4
+    number = number & ~(0xC000 << 48) | 0x8000 << 48  # the variant, RFC 4122's
+    text = f"{number:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 class Service:
@@ -49,15 +59,82 @@ class Service:
         # weights per endpoint, for random.choices (what SageMaker's routing does)
         self._weights = {name: [v.weight for v in variants] for name, variants in endpoints.items()}
 
-    async def handle(self, request: Request) -> Response:
-        request_id = str(uuid.uuid4())
+    def start(self, request: Request, respond: Callable[[Response], None]) -> None:
+        """Answer ``request``: ``respond`` gets the answer, once; at once when the API answers
+        itself (an error), else when the container's answer comes. A single-model variant's
+        request goes to its container from here, and the answer is made in the callback that
+        receives the container's (no task: see :meth:`.upstream.Container.start`)."""
+        request_id = _request_id()
         try:
-            return await self._invoke(request, request_id)
-        except ApiError as exc:
+            invocation, variant, container = self._route(request, request_id)
+            if variant.models_dir is not None:
+                self._in_task(
+                    self._invoke_model(variant, container, invocation, request.body),
+                    variant,
+                    request_id,
+                    respond,
+                )
+                return
+            head = self._upstream_head(invocation, "/invocations", container.host, request.body)
+            container.start(
+                [head, request.body],
+                self.settings.timeout,
+                lambda outcome: respond(self._answer(variant, request_id, outcome)),
+            )
+        except Exception as exc:  # noqa: BLE001 - the catch-all: _failure logs it, answers 500
+            respond(self._failure(exc, request_id))
+
+    def _in_task(
+        self,
+        invoking: Coroutine[None, None, Reply],
+        variant: Variant,
+        request_id: str,
+        respond: Callable[[Response], None],
+    ) -> None:
+        def finished(task: asyncio.Task[Reply]) -> None:
+            if task.cancelled():  # the command is stopping
+                return
+            exc = task.exception()
+            if exc is not None and not isinstance(exc, Exception):
+                raise exc
+            respond(self._answer(variant, request_id, task.result() if exc is None else exc))
+
+        asyncio.get_running_loop().create_task(invoking).add_done_callback(finished)
+
+    def _answer(self, variant: Variant, request_id: str, outcome: Outcome) -> Response:
+        """The answer to the caller, from the container's (or the reason there is none)."""
+        try:
+            if isinstance(outcome, Exception):
+                raise self._api_error(variant, outcome)
+            reply = outcome
+            if not 200 <= reply.status < 300:
+                text = str(reply.body, "utf-8", "replace")
+                raise ModelError(variant.endpoint, variant.log_stream, reply.status, text)
+            headers = [("x-Amzn-Invoked-Production-Variant", variant.name)]
+            content_type = reply.headers.get("content-type")
+            if content_type is not None:
+                headers.append(("Content-Type", content_type))
+            custom_attributes = reply.headers.get("x-amzn-sagemaker-custom-attributes")
+            if custom_attributes is not None:
+                headers.append(("X-Amzn-SageMaker-Custom-Attributes", custom_attributes))
+            headers.append(("x-amzn-RequestId", request_id))
+            return Response(200, headers, reply.body, reply.buffer)
+        except Exception as exc:  # noqa: BLE001 - the catch-all: _failure logs it, answers 500
+            return self._failure(exc, request_id)
+
+    def _api_error(self, variant: Variant, exc: Exception) -> Exception:
+        """What the caller is told of an exchange with the container that failed."""
+        if isinstance(exc, Unreachable):
+            return self._unreachable(variant, exc)
+        if isinstance(exc, TimedOut):
+            return ModelError(variant.endpoint, variant.log_stream, 0, "")
+        return exc
+
+    def _failure(self, exc: Exception, request_id: str) -> Response:
+        if isinstance(exc, ApiError):
             return self._error(exc, request_id)
-        except Exception:
-            log.exception("InternalFailure answering request %s", request_id)
-            return self._error(InternalFailure("An internal failure occurred."), request_id)
+        log.error("InternalFailure answering request %s", request_id, exc_info=exc)
+        return self._error(InternalFailure("An internal failure occurred."), request_id)
 
     def _error(self, error: ApiError, request_id: str) -> Response:
         level = (
@@ -87,7 +164,8 @@ class Service:
             "POST /endpoints/{EndpointName}/invocations"
         )
 
-    async def _invoke(self, request: Request, request_id: str) -> Response:
+    def _route(self, request: Request, request_id: str) -> tuple[Invocation, Variant, Container]:
+        """The request checked (route, signature, members), its variant and its container."""
         name = self._endpoint_name(request)
         settings = self.settings
         if settings.verify_signature and request.body_length <= self.max_body:
@@ -109,25 +187,11 @@ class Service:
                 f"The container of variant {variant.name} of endpoint {name} is being "
                 "replaced; try again."
             )
-        if variant.models_dir is not None:
-            reply = await self._invoke_model(variant, container, invocation, request.body)
-        else:
-            head = self._upstream_head(invocation, "/invocations", container.host, request.body)
-            reply = await self._call(variant, container, [head, request.body])
-        if not 200 <= reply.status < 300:
-            text = reply.body.decode("utf-8", errors="replace")
-            raise ModelError(name, variant.log_stream, reply.status, text)
-        headers = [("x-Amzn-Invoked-Production-Variant", variant.name)]
-        content_type = reply.headers.get("content-type")
-        if content_type is not None:
-            headers.append(("Content-Type", content_type))
-        custom_attributes = reply.headers.get("x-amzn-sagemaker-custom-attributes")
-        if custom_attributes is not None:
-            headers.append(("X-Amzn-SageMaker-Custom-Attributes", custom_attributes))
-        headers.append(("x-amzn-RequestId", request_id))
-        return Response(200, headers, reply.body)
+        return invocation, variant, container
 
-    async def _call(self, variant: Variant, container: Container, parts: list[bytes]) -> Reply:
+    async def _call(
+        self, variant: Variant, container: Container, parts: list[bytes | memoryview]
+    ) -> Reply:
         try:
             return await container.request(parts, self.settings.timeout)
         except Unreachable as exc:
@@ -143,7 +207,11 @@ class Service:
         )
 
     async def _invoke_model(
-        self, variant: Variant, container: Container, invocation: Invocation, body: bytes
+        self,
+        variant: Variant,
+        container: Container,
+        invocation: Invocation,
+        body: bytes | memoryview,
     ) -> Reply:
         """A multi-model variant's invocation: the target model loaded first if the container
         has not got it (unloading the least recently used ones while it answers 507), and
@@ -185,7 +253,7 @@ class Service:
         except NotFound:
             raise self._no_such_model(variant, target_model) from None
         except LoadFailed as exc:
-            text = exc.reply.body.decode("utf-8", errors="replace")
+            text = str(exc.reply.body, "utf-8", "replace")
             raise ModelError(name, variant.log_stream, exc.reply.status, text) from None
         except Unreachable as exc:
             raise self._unreachable(variant, exc) from None
@@ -194,12 +262,15 @@ class Service:
 
     @staticmethod
     def _no_such_model(variant: Variant, target_model: str) -> ValidationError:
+        """The service's answer for a TargetModel with no model.tar.gz under the variant's
+        ModelDataUrl prefix (a ValidationError, 400, naming bucket and key; not
+        ModelNotReadyException, which is for a model still loading): here the models
+        directory is the bucket and prefix."""
         assert variant.models_dir is not None
         return ValidationError(
-            f"Failed to download model data(models directory: {variant.models_dir.local}, "
-            f"key: {target_model}). Please ensure that there is a model directory at that "
-            "path in the models directory (a TargetModel ending in .tar.gz names the "
-            "directory without it)."
+            f"Failed to download model data (bucket: {variant.models_dir.local}, key: "
+            f"{target_model}). Please ensure that there is a model directory at that key in "
+            "the models directory (a key ending in .tar.gz names the directory without it)."
         )
 
     def _variant(self, invocation: Invocation, request_id: str) -> Variant:
@@ -233,7 +304,9 @@ class Service:
         return random.choices(variants, self._weights[name])[0]  # noqa: S311 - routing
 
     @staticmethod
-    def _upstream_head(invocation: Invocation, path: str, host: str, body: bytes) -> bytes:
+    def _upstream_head(
+        invocation: Invocation, path: str, host: str, body: bytes | memoryview
+    ) -> bytes:
         # Only what the API defines reaches the container; the platform strips the rest.
         lines = [f"POST {path} HTTP/1.1\r\nHost: {host}\r\n"]
         if invocation.content_type is not None:

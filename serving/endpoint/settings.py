@@ -43,8 +43,9 @@ class EndpointSettings:
         "SERVING_ENDPOINT_MODEL_DIR",
         "--model-dir",
         _optional_path,
-        "Model directory: start `serving serve` for it on a free loopback port, as the "
-        "endpoint's one production variant (AllTraffic).",
+        "Model directory, or a model.tar.gz (extracted into a temporary directory that is "
+        "removed when the command stops): start `serving serve` for it on a free loopback "
+        "port, as the endpoint's one production variant (AllTraffic).",
         default_text="none",
     )
     models_dir: Path | None = _setting(

@@ -80,7 +80,7 @@ def verify(
     method: str,
     target: str,
     headers: Mapping[str, str],
-    body: bytes,
+    body: bytes | memoryview,
     access_key_id: str,
     secret_access_key: str,
     now: datetime | None = None,
