@@ -8,16 +8,18 @@ load: many small requests may be in at once (they batch), few large ones (decodi
 body takes the loop as long as a small model's whole request).
 
 :class:`BodyMemory`: the bytes of bodies received or arriving, taken as they arrive, so that a
-client whose body stalls holds its own bytes and nobody's turn.
+client whose body stalls holds its own bytes and nobody's turn; a multi-model endpoint's models
+take turns at it, so that one model's burst of large bodies does not hold up another's.
 
 gevent's semaphores let a newly arrived greenlet take a free slot ahead of those already
 waiting, which under load starves some requests for seconds; here a request waits behind every
-older one, and the oldest goes in as soon as it fits."""
+older one (at the body memory, every older one of its model's), and the oldest goes in as soon
+as it fits."""
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from contextlib import contextmanager
 
 from gevent.event import Event
@@ -84,19 +86,30 @@ class BodyMemory:
     A request takes room for each part of its body just before receiving it (so a client that
     declares a large body and sends one byte holds one read's worth, not its Content-Length),
     and gives everything back when it ends. Where a part does not fit, the request waits
-    unread, in arrival order. One request at a time may go past the capacity: without that,
-    requests that each hold part of it could all wait on one another for good; with it, the
-    memory held stays under ``capacity`` plus one body.
+    unread. One request at a time may go past the capacity: without that, requests that each
+    hold part of it could all wait on one another for good; with it, the memory held stays
+    under ``capacity`` plus one body.
+
+    Waiting requests are queued by owner (a multi-model endpoint's model; a single model's
+    requests all have the same one), each owner's in arrival order, and the owners take turns:
+    as room comes back, the next owner's oldest request goes in if it fits, and that owner goes
+    to the back. So a request whose owner has none waiting waits for at most one turn of each
+    other owner, however many requests those have queued; with one owner it is first come,
+    first served.
     """
 
     def __init__(self, capacity: int) -> None:
         self._free = capacity
         self._overdrawn: Holding | None = None
-        self._waiting: deque[tuple[Holding, int, Event]] = deque()
+        #: Each owner's waiting requests, oldest first; an owner is here while it has one.
+        self._waiting: dict[Hashable, deque[tuple[Holding, int, Event]]] = {}
+        #: The owners with requests waiting, the next to go in first.
+        self._turns: deque[Hashable] = deque()
 
-    def holding(self) -> Holding:
-        """One request's share: ``with memory.holding() as holding:``, given back at the end."""
-        return Holding(self)
+    def holding(self, owner: Hashable = None) -> Holding:
+        """One request's share: ``with memory.holding(owner) as holding:``, given back at the
+        end; ``owner`` is what it takes turns as (see the class docstring)."""
+        return Holding(self, owner)
 
     def _end(self, holding: Holding) -> None:
         holding.release()
@@ -105,17 +118,25 @@ class BodyMemory:
             self._grant_waiting()
 
     def _take(self, holding: Holding, size: int) -> None:
-        if self._overdrawn is holding or (not self._waiting and self._grant(holding, size)):
+        if self._overdrawn is holding or (not self._turns and self._grant(holding, size)):
             self._free -= size
             return
         turn = Event()
         entry = (holding, size, turn)
-        self._waiting.append(entry)
+        owner = holding.owner
+        queue = self._waiting.get(owner)
+        if queue is None:
+            queue = self._waiting[owner] = deque()
+            self._turns.append(owner)
+        queue.append(entry)
         try:
             turn.wait()
         except BaseException:
-            if entry in self._waiting:
-                self._waiting.remove(entry)
+            if entry in queue:  # still waiting, so its queue is still the owner's
+                queue.remove(entry)
+                if not queue:
+                    del self._waiting[owner]
+                    self._turns.remove(owner)
                 self._grant_waiting()
             else:  # granted just as it was cancelled: it holds the room, given back at its end
                 holding.held += size
@@ -135,20 +156,32 @@ class BodyMemory:
         self._grant_waiting()
 
     def _grant_waiting(self) -> None:
-        while self._waiting and self._grant(self._waiting[0][0], self._waiting[0][1]):
-            _, size, turn = self._waiting.popleft()
+        turns = self._turns
+        while turns:
+            owner = turns[0]
+            queue = self._waiting[owner]
+            holding, size, turn = queue[0]
+            if not self._grant(holding, size):
+                return  # it keeps its turn: nobody passes a request that does not fit yet
+            queue.popleft()
             self._free -= size
             turn.set()
+            turns.popleft()
+            if queue:
+                turns.append(owner)
+            else:
+                del self._waiting[owner]
 
 
 class Holding:
     """What one request holds of a :class:`BodyMemory`; a context manager that gives it all
     back at the end (a class, not a generator: it is entered by every request)."""
 
-    __slots__ = ("_memory", "held")
+    __slots__ = ("_memory", "held", "owner")
 
-    def __init__(self, memory: BodyMemory) -> None:
+    def __init__(self, memory: BodyMemory, owner: Hashable = None) -> None:
         self._memory = memory
+        self.owner = owner
         self.held = 0
 
     def __enter__(self) -> Holding:

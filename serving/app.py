@@ -293,7 +293,10 @@ class ServingApp:
         declared = get_content_length(
             environ.get("CONTENT_LENGTH"), environ.get("HTTP_TRANSFER_ENCODING")
         )
-        with deadline(self.settings.timeout, self._timed_out), self._bodies.holding() as holding:
+        with (
+            deadline(self.settings.timeout, self._timed_out),
+            self._bodies.holding(state) as holding,
+        ):
             call.body = body = RequestBody(
                 environ["wsgi.input"],
                 declared,

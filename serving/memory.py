@@ -17,6 +17,8 @@ from .cpus import CGROUP_ROOT, PROC_SELF_CGROUP, cgroup_v2_path
 
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
+MIB = 1024 * 1024
+
 #: cgroup v1 writes "no limit" as a huge number (a page-rounded 2**63 - 1).
 UNLIMITED = 1 << 60
 

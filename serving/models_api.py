@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
@@ -24,11 +26,15 @@ from handlers.errors import InvalidInput
 
 from .app import Call, ModelState, Reply, View
 from .body import BodyLimits, RequestBody
+from .memory import MIB
 from .model_store import Entry
-from .multimodel import MIB, ModelRegistry, page_size
+from .multimodel import ModelRegistry
 
 #: The largest load request body.
 MAX_LOAD_BODY = 64 * 1024
+
+#: A list's page size by default, and at most (``?max_results=``).
+DEFAULT_PAGE, MAX_PAGE = 100, 1000
 
 JSON = "application/json"
 
@@ -84,8 +90,8 @@ class ModelsApi:
     def list(self, call: Call) -> Reply:
         query = parse_qs(call.environ.get("QUERY_STRING", ""))
         token = query.get("next_page_token", [None])[-1]
-        size = page_size(query.get("max_results", [None])[-1])
-        page, next_token = self.registry.page(token, size)
+        size = _page_size(query.get("max_results", [None])[-1])
+        page, next_token = _page(self.registry.models(), token, size)
         answer: dict[str, Any] = {"models": [_listed(name, entry) for name, entry in page]}
         if next_token is not None:
             answer["nextPageToken"] = next_token
@@ -101,6 +107,32 @@ class ModelsApi:
     def invoke(self, call: Call, name: str) -> Reply:
         with self.registry.serving(name) as state:
             return self._invoke(call, state)
+
+
+def _page_size(text: str | None) -> int:
+    if text is None:
+        return DEFAULT_PAGE
+    if not text.isdigit() or not 1 <= int(text) <= MAX_PAGE:
+        raise InvalidInput(f"invalid max_results {text!r}: a whole number from 1 to {MAX_PAGE}")
+    return int(text)
+
+
+def _page(
+    models: list[tuple[str, Entry]], token: str | None, size: int
+) -> tuple[list[tuple[str, Entry]], str | None]:
+    """Of ``models`` (by name), ``size`` at most from where ``token`` says, and the token of
+    the next page (``None``: this is the last). A token is the last name of its page."""
+    after = ""
+    if token:
+        try:
+            after = base64.b64decode(token, altchars=b"-_", validate=True).decode()
+        except (ValueError, binascii.Error, UnicodeError):
+            raise InvalidInput(f"invalid next_page_token {token!r}") from None
+    rest = [(name, entry) for name, entry in models if name > after]
+    page = rest[:size]
+    if len(rest) <= size:
+        return page, None
+    return page, base64.urlsafe_b64encode(page[-1][0].encode()).decode()
 
 
 def _json_object(body: bytes) -> dict[str, Any]:

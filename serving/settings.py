@@ -244,6 +244,16 @@ class Settings:
         "unloads models and retries), or unloads the least recently invoked models until "
         "it fits (lru, for running outside SageMaker).",
     )
+    mme_load_timeout: float = _setting(
+        360.0,
+        "SERVING_MME_LOAD_TIMEOUT",
+        "--mme-load-timeout",
+        parse.positive_number,
+        "Multi-model endpoint: seconds a load may take, every worker's load and the wait for "
+        "them included (SageMaker gives a load 360 s); past it the load gets a 504 and leaves "
+        "nothing loaded. Also the bound on an unload's wait for the workers.",
+        default_text="360",
+    )
     host: str = _setting(
         "0.0.0.0",  # noqa: S104 - a container must listen on every interface
         "SERVING_HOST",

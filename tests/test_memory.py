@@ -56,15 +56,24 @@ def test_multi_model_settings() -> None:
             "SAGEMAKER_BASE_DIR": "/srv/ml",
             "SERVING_MME_MEMORY_MB": "512",
             "SERVING_MME_EVICT": "LRU",
+            "SERVING_MME_LOAD_TIMEOUT": "90.5",
         },
         cpus=2,
     )
     assert settings.multi_model is True
     assert settings.models_dir == Path("/srv/ml/models")
     assert (settings.mme_memory_mb, settings.mme_evict) == (512.0, "lru")
+    assert settings.mme_load_timeout == 90.5
     defaults = Settings.from_sources({}, cpus=2)
     assert (defaults.multi_model, defaults.models_dir) == (False, Path("/opt/ml/models"))
     assert (defaults.mme_memory_mb, defaults.mme_evict) == (0.0, "none")
+    assert defaults.mme_load_timeout == 360.0  # SageMaker's own bound on a load
     assert Settings.from_sources({"SERVING_MODELS_DIR": "/m"}, cpus=1).models_dir == Path("/m")
     with pytest.raises(SettingsError, match="SERVING_MME_EVICT='fifo': must be none or lru"):
         Settings.from_sources({"SERVING_MME_EVICT": "fifo"}, cpus=1)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "inf"])
+def test_a_load_timeout_must_be_a_positive_number(value: str) -> None:
+    with pytest.raises(SettingsError, match=f"SERVING_MME_LOAD_TIMEOUT='{value}'"):
+        Settings.from_sources({"SERVING_MME_LOAD_TIMEOUT": value}, cpus=1)

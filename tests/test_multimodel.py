@@ -4,16 +4,14 @@ connection: what one worker answers holds for both."""
 from __future__ import annotations
 
 import io
-import itertools
 import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,10 @@ from tests.server import ServerProcess, clean_environ, running_server
 
 JSON = {"Content-Type": "application/json"}
 ROW = np.array([[1.0, 2.0, 3.0, 4.0]], dtype=np.float32)
+MIB = 1024 * 1024
+
+#: What each worker logs once it serves the models the registry lists.
+JOINED = "worker serves the model registry"
 
 
 class Client:
@@ -78,7 +80,7 @@ def from_both_workers(
 def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """$SAGEMAKER_BASE_DIR: models/ holds linear models, a broken one, links in and out."""
     root = tmp_path_factory.mktemp("base")
-    for name in ("linear", "race", "churn-0", "churn-1", "churn-2"):
+    for name in ("linear", "race"):
         models.linear(root / "models" / name / "model" / "model.onnx")
     (root / "models" / "broken" / "model").mkdir(parents=True)
     (root / "models" / "broken" / "model" / "model.onnx").write_bytes(b"not a model")
@@ -88,9 +90,23 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def mme_server(base: Path, log: Path, *arguments: str, **environ: str) -> Any:
+@contextmanager
+def mme_server(base: Path, log: Path, *arguments: str, **environ: str) -> Iterator[ServerProcess]:
+    """A multi-model server with two workers, both serving.
+
+    ``/ping`` answers 200 as soon as one worker serves; the other may still be starting, and a
+    load answered meanwhile does not wait for it: it loads the model as it starts, before it
+    serves. A test that counts loads or measures memory would see that late load as its own
+    (the workers' memory 40 MB up after a refused load, in one run in eight, was the second
+    worker loading the two models loaded before the refusal).
+    """
     environ = {"SAGEMAKER_MULTI_MODEL": "true", "SAGEMAKER_BASE_DIR": str(base), **environ}
-    return running_server(["--workers", "2", *arguments], log, environ)
+    with running_server(["--workers", "2", *arguments], log, environ) as server:
+        deadline = time.monotonic() + 30
+        while server.log().count(JOINED) < 2:
+            assert time.monotonic() < deadline, f"the workers did not start:\n{server.log()}"
+            time.sleep(0.05)
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -252,49 +268,8 @@ def test_list_pages(client: Client, base: Path) -> None:
         assert client("DELETE", f"/models/{name}").status_code == 200
 
 
-def test_loads_invokes_and_unloads_at_once_never_fail(client: Client, base: Path) -> None:
-    """Threads load, invoke and unload three models at once for a few seconds: every answer
-    is a 200, 404 or 409, and the workers hold no more memory than a model's worth after."""
-    names = ["churn-0", "churn-1", "churn-2"]
-    before = _worker_memory(client.server)
-    deadline = time.monotonic() + 4
-    statuses: Counter[tuple[str, int]] = Counter()
-    lock = threading.Lock()
-
-    def churn(action: Callable[[str], requests.Response]) -> None:
-        for name in itertools.cycle(names):
-            if time.monotonic() > deadline:
-                return
-            status = action(name).status_code
-            with lock:
-                statuses[action.__name__, status] += 1
-
-    def load(name: str) -> requests.Response:
-        return client.load(name, base / "models" / name / "model")
-
-    def unload(name: str) -> requests.Response:
-        return client("DELETE", f"/models/{name}")
-
-    def invoke(name: str) -> requests.Response:
-        return client.invoke(name)
-
-    threads = [threading.Thread(target=churn, args=(action,)) for action in (load, unload)]
-    threads += [threading.Thread(target=churn, args=(invoke,)) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert {status for _, status in statuses} <= {200, 404, 409}, statuses
-    assert statuses["invoke", 200]
-    assert statuses["load", 200]
-    assert statuses["unload", 200]
-    for name in names:
-        client("DELETE", f"/models/{name}")
-    assert not set(names) & set(client.names())
-    assert _worker_memory(client.server) - before < 8 * 1024 * 1024
-
-
-def _worker_memory(server: ServerProcess) -> int:
+def worker_memory(server: ServerProcess) -> int:
+    """The workers' resident memory, together."""
     total = 0
     for pid in server.worker_pids():
         pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
@@ -331,12 +306,16 @@ def test_a_load_past_the_budget_is_507_and_leaves_nothing(ballast_base: Path) ->
         described = client("GET", "/models/a").json()
         assert 20 <= described["footprintMB"] < 24
         assert client.load("b", models_dir / "b").status_code == 200
+        before = worker_memory(running)
         refused = client.load("c", models_dir / "c")
         assert refused.status_code == 507
         assert "model 'c' needs" in refused.json()["error"]
         assert client.names() == ["a", "b"]
-        # Its memory is not checked here: in about one run in eight the workers' resident
-        # memory stayed 40 MB up after the refusal (issue 14, still open).
+        # The worker that loaded c frees it before it answers (gc, malloc_trim); the other
+        # never loads it. Both workers together grew 0.15 MB at most over 30 runs; 5 MB is a
+        # quarter of the model, and 30 times that.
+        grown = worker_memory(running) - before
+        assert grown < 5 * MIB, f"{grown / MIB:.1f} MB still held"
         assert client("DELETE", "/models/a").status_code == 200
         assert client.load("c", models_dir / "c").status_code == 200
         assert re.search(

@@ -1,5 +1,6 @@
-"""A multi-model load's own time bound (SageMaker's is 360 s), with a short one: a worker's
-slow load and a peer that does not catch up both end in a 504 that leaves nothing loaded.
+"""A multi-model load's own time bound (``SERVING_MME_LOAD_TIMEOUT``, SageMaker's 360 s by
+default), set short: a worker's slow load and a peer that does not catch up both end in a 504
+that leaves nothing loaded.
 
 The registry runs as in a worker (gevent's monkey patching, a shared store), in a subprocess,
 with models whose load sleeps as long as their ``sleep.txt`` says.
@@ -21,7 +22,8 @@ import json, subprocess, sys, time
 from pathlib import Path
 
 from serving.model_store import SharedStore, Report
-from serving.multimodel import ModelRegistry, LoadTimeout
+from serving.model_loading import LoadTimeout
+from serving.multimodel import ModelRegistry
 from serving.settings import Settings
 
 root = Path(sys.argv[1])
@@ -38,11 +40,14 @@ class SleepingState:
         time.sleep(float(sleep.read_text()) if sleep.is_file() else 0)
 
 
-settings = Settings.from_sources(
-    {"SAGEMAKER_MULTI_MODEL": "true", "SERVING_MODELS_DIR": str(root)}, cpus=1
-)
+environ = {
+    "SAGEMAKER_MULTI_MODEL": "true",
+    "SERVING_MODELS_DIR": str(root),
+    "SERVING_MME_LOAD_TIMEOUT": "0.5",
+}
+settings = Settings.from_sources(environ, cpus=1)
 store = SharedStore.create()
-registry = ModelRegistry(settings, store, SleepingState, load_timeout=0.5)
+registry = ModelRegistry(settings, store, SleepingState)
 registry.start()
 found = {}
 
