@@ -138,7 +138,7 @@ def wait_until_healthy(server: ServerProcess) -> None:
         try:
             if requests.get(server.url("/ping"), timeout=1).status_code == 200:
                 return
-        except requests.ConnectionError:
-            pass
+        except (requests.ConnectionError, requests.Timeout):
+            pass  # not listening yet, or a loaded machine: a worker still starting is slow
         time.sleep(0.05)
     raise RuntimeError(f"server not healthy after {START_TIMEOUT} s:\n{server.log()}")

@@ -174,6 +174,8 @@ def test_a_minute_of_concurrent_loads_invokes_and_unloads(tmp_path: Path) -> Non
         assert opened <= 0, f"{opened} more files open"
         # Measured over 8 runs, both workers together: 3.2 to 4.2 MB up after the first half,
         # then -0.2 to +0.45 MB in each later half (or minute). A half is 1,300 loads or more,
-        # each in both workers: keeping 1 KB a load and worker would be 2.6 MB.
-        assert end - start < 12 * MIB, f"{(end - start) / MIB:.1f} MB more in all"
-        assert end - half < 2 * MIB, f"{(end - half) / MIB:.1f} MB more in the second half"
+        # each in both workers: keeping 2 KB a load and worker would be 5.2 MB (a leaked
+        # session, hundreds of KB). On a machine with both CPUs busy elsewhere, a second half
+        # grew 2.1 MB once: the bound leaves room for that.
+        assert end - start < 16 * MIB, f"{(end - start) / MIB:.1f} MB more in all"
+        assert end - half < 5 * MIB, f"{(end - half) / MIB:.1f} MB more in the second half"
