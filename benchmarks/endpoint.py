@@ -14,6 +14,16 @@ process is read before and after each phase: the overhead is (container + API CP
 API - container CPU direct) / requests. Rounds alternate the phases; the table gives the
 median.
 
+``--in-process`` measures instead the API's own Python work per small request, in this
+process: a request's bytes handed to the API's connection, the container's answer (as
+``serving serve`` sends it) handed to the container connection it was written to, with no
+socket, no event-loop turn and no other process in between, so that changes to the request
+path can be compared without the noise of the machine (median of ``--rounds``, in µs of CPU).
+
+``--joined`` sends each request's head and body in one ``send``, as botocore does (the
+default, http.client's way, sends the body with a second one, which takes the API and the
+container a second wakeup for the body of most requests).
+
 ``--stacks`` also measures two minimal forwarding proxies that do nothing but forward (no
 validation, no variants), the other candidates for the API's HTTP stack: the standard
 library's ``ThreadingHTTPServer`` with ``http.client``, and gevent's ``pywsgi`` with a pooled
@@ -23,6 +33,7 @@ library's ``ThreadingHTTPServer`` with ``http.client``, and gevent's ``pywsgi`` 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import http.client
 import io
 import os
@@ -33,6 +44,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -75,6 +87,20 @@ def wait_for(port: int, path: str, method: str = "GET", body: bytes = b"") -> No
     raise RuntimeError(f"127.0.0.1:{port}{path} not ready")
 
 
+class JoinedConnection(http.client.HTTPConnection):
+    """Sends a request's head and body in one ``send``, as botocore's connection does for a
+    body in bytes (http.client sends the body with a second one)."""
+
+    def _send_output(self, message_body: Any = None, encode_chunked: bool = False) -> None:
+        if isinstance(message_body, bytes):
+            self._buffer.extend((b"", b""))  # type: ignore[attr-defined]
+            head = b"\r\n".join(self._buffer)  # type: ignore[attr-defined]
+            del self._buffer[:]  # type: ignore[attr-defined]
+            self.send(head + message_body)
+        else:
+            super()._send_output(message_body, encode_chunked)  # type: ignore[misc]
+
+
 def drive(
     port: int,
     path: str,
@@ -83,13 +109,15 @@ def drive(
     count: int,
     clients: int,
     pause: float = 0.0,
+    joined: bool = False,
 ) -> None:
     """``count`` requests, from ``clients`` threads each with a keep-alive connection, each
-    waiting ``pause`` seconds after each answer."""
+    waiting ``pause`` seconds after each answer; ``joined``: each request in one ``send``."""
     errors: list[str] = []
+    kind = JoinedConnection if joined else http.client.HTTPConnection
 
     def client(share: int) -> None:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        connection = kind("127.0.0.1", port, timeout=60)
         headers = {"Content-Type": content_type, "Accept": "application/json"}
         for _ in range(share):
             connection.request("POST", path, body, headers)
@@ -108,6 +136,75 @@ def drive(
         thread.join()
     if errors:
         raise RuntimeError(f"{len(errors)} errors, e.g. {errors[0]}")
+
+
+# --- the API's own Python work, in this process ---------------------------------------------
+
+IN_PROCESS_REQUEST = (
+    b"POST /endpoints/bench/invocations HTTP/1.1\r\nHost: 127.0.0.1:8090\r\n"
+    b"Accept-Encoding: identity\r\nContent-Length: 16\r\nContent-Type: text/csv\r\n"
+    b"Accept: application/json\r\n\r\n5.1,3.5,1.4,0.2\n"
+)
+IN_PROCESS_ANSWER = (
+    b"HTTP/1.1 200 OK\r\nServer: gunicorn\r\nDate: Thu, 03 Dec 2026 13:10:16 GMT\r\n"
+    b"Connection: keep-alive\r\nContent-Type: application/json\r\nContent-Length: 80\r\n\r\n"
+    b'{"outputs":{"probabilities":[[0.9816569,0.018343018,1.4394988e-8]],"label":[0]}}'
+)
+
+
+class _Transport(asyncio.Transport):
+    """Takes what is written, and drops it."""
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def is_closing(self) -> bool:
+        return False
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+
+def _feed(protocol: asyncio.BufferedProtocol, data: bytes) -> None:
+    buffer = memoryview(protocol.get_buffer(len(data)))
+    buffer[: len(data)] = data
+    protocol.buffer_updated(len(data))
+
+
+async def in_process(count: int, rounds: int) -> list[float]:
+    """µs of CPU a small request takes in the API's own code, for each round."""
+    from serving.endpoint.config import VariantConfig
+    from serving.endpoint.connection import Connections
+    from serving.endpoint.containers import Variant
+    from serving.endpoint.service import Service
+    from serving.endpoint.settings import EndpointSettings
+    from serving.endpoint.upstream import Container
+    from serving.endpoint.upstream_connection import UpstreamConnection
+
+    settings = EndpointSettings()
+    variant = Variant(ENDPOINT, VariantConfig("AllTraffic", None, "http://127.0.0.1:1"), 10.0)
+    variant.container = container = Container("127.0.0.1", 1)
+    service = Service(settings, {ENDPOINT: [variant]})
+    api = Connections(service.start, settings.max_payload_bytes).protocol()
+    api.connection_made(_Transport())
+    upstream = UpstreamConnection()
+    upstream.connection_made(_Transport())
+    container._idle.append(upstream)  # idle, and back in the pool after each answer
+    results = []
+    for _ in range(rounds + 1):  # the first warms up
+        start = time.process_time()
+        for number in range(count):
+            _feed(api, IN_PROCESS_REQUEST)
+            _feed(upstream, IN_PROCESS_ANSWER)
+            if number % 100 == 99:  # a turn of the loop now and then, as the timers expect
+                await asyncio.sleep(0)
+        results.append((time.process_time() - start) / count * 1e6)
+        assert not api.busy
+        assert container._idle == [upstream]
+    return results[1:]
 
 
 # --- the other candidate stacks, as minimal forwarding proxies ------------------------------
@@ -173,9 +270,16 @@ def start_proxy(stack: str, upstream: int) -> tuple[subprocess.Popen[bytes], int
 
 
 def phase(
-    port: int, path: str, body: bytes, content_type: str, count: int, clients: int, pause: float
+    port: int,
+    path: str,
+    body: bytes,
+    content_type: str,
+    count: int,
+    clients: int,
+    pause: float,
+    joined: bool,
 ) -> Callable[[], None]:
-    return lambda: drive(port, path, body, content_type, count, clients, pause)
+    return lambda: drive(port, path, body, content_type, count, clients, pause, joined)
 
 
 def measure(
@@ -206,9 +310,22 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--stacks", action="store_true", help="also the other candidate stacks")
     parser.add_argument(
+        "--joined",
+        action="store_true",
+        help="each request's head and body in one send, as botocore sends them",
+    )
+    parser.add_argument(
+        "--in-process", action="store_true", help="the API's own Python work, in this process"
+    )
+    parser.add_argument(
         "--pause-ms", type=float, default=0.0, help="each client's pause after each answer"
     )
     arguments = parser.parse_args()
+    if arguments.in_process:
+        results = asyncio.run(in_process(arguments.requests, arguments.rounds))
+        rounds = " ".join(f"{result:.1f}" for result in results)
+        print(f"{statistics.median(results):.1f} µs of CPU a request (rounds: {rounds})")
+        return
 
     buffer = io.BytesIO()
     np.save(buffer, np.random.default_rng(0).random((65536, 4), dtype=np.float32))
@@ -235,10 +352,12 @@ def main() -> None:
                 for name, body, content_type, count in payloads:
                     for clients in arguments.clients:
                         pause = arguments.pause_ms / 1000
+                        load = (body, content_type, count, clients)
                         paused = f", {arguments.pause_ms:g} ms pauses" if pause else ""
+                        paused += ", joined" if arguments.joined else ""
                         cpu = measure(
-                            phase(port, "/invocations", body, content_type, count, clients, pause),
-                            phase(proxy_port, path, body, content_type, count, clients, pause),
+                            phase(port, "/invocations", *load, pause, arguments.joined),
+                            phase(proxy_port, path, *load, pause, arguments.joined),
                             container.pid,
                             proxy.pid,
                             arguments.rounds,

@@ -121,8 +121,8 @@ def test_a_missing_target_model_is_a_validation_error(
     assert response["Error"]["Code"] == "ValidationError"
     assert response["Error"]["Message"] == (
         f"Failed to download model data (bucket: {models_dir.resolve()}, key: {model}). "
-        "Please ensure that there is a model directory at that key in the models directory "
-        "(a key ending in .tar.gz names the directory without it)."
+        "Please ensure that there is a model.tar.gz or a model directory at that key in the "
+        "models directory (a key ending in .tar.gz also names the directory without it)."
     )
 
 

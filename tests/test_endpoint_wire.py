@@ -20,6 +20,7 @@ import pytest
 from serving.endpoint.config import EndpointConfig, VariantConfig
 from serving.endpoint.connection import Connections
 from serving.endpoint.containers import Variant
+from serving.endpoint.replies import TimedOut
 from serving.endpoint.service import Service
 from serving.endpoint.settings import EndpointSettings
 from serving.endpoint.upstream import Container
@@ -322,3 +323,50 @@ def test_an_answer_waiting_for_a_slow_client_stays_whole(make_api: Callable[...,
         while len(received) < len(body) * 4:
             received += slow.recv(1 << 20)
         assert received == body * 4
+
+
+def test_exchanges_on_one_connection_time_out_each_at_its_own_deadline() -> None:
+    """The exchanges of a keep-alive connection share one timer: a short timeout after a
+    long one is not kept waiting by the long one's, nor a later deadline cut short by the
+    timer an earlier exchange set."""
+    script = Script(lambda body: [] if body == b"slow" else length_answer(body))
+
+    def parts(body: bytes) -> list[bytes | memoryview]:
+        return [
+            f"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode(),
+            body,
+        ]
+
+    async def scenario() -> list[float]:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: _Scripted(script), "127.0.0.1")
+        container = Container("127.0.0.1", server.sockets[0].getsockname()[1])
+        waited = []
+
+        async def timed_out(timeout: float) -> None:
+            start = loop.time()
+            with pytest.raises(TimedOut):
+                await container.request(parts(b"slow"), timeout)
+            waited.append(loop.time() - start)
+
+        assert (await container.request(parts(b"fast"), 60.0)).body == b"fast"
+        await timed_out(0.2)  # on that connection, whose timer is set for 60 s
+        assert (await container.request(parts(b"fast"), 0.3)).body == b"fast"
+        await asyncio.sleep(0.2)
+        await timed_out(0.3)  # the timer set 0.2 s before for 0.3 s fires first: not it
+        assert (await container.request(parts(b"fast"), 0.1)).body == b"fast"
+        await asyncio.sleep(0.3)  # the timer fires with no exchange under way
+        await timed_out(0.2)
+        container.close()
+        for transport in list(script.transports):
+            transport.close()
+        server.close()
+        await server.wait_closed()
+        return waited
+
+    waited = asyncio.run(scenario())
+    assert all(
+        timeout - 0.01 <= seconds < timeout + 1.0
+        for timeout, seconds in zip([0.2, 0.3, 0.2], waited, strict=True)
+    ), waited
+    assert script.connections == 3

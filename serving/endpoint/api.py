@@ -18,6 +18,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import NamedTuple
 
 #: The account named in messages (there is none locally).
 ACCOUNT = "000000000000"
@@ -150,9 +151,9 @@ class ModelError(ApiError):
         }
 
 
-@dataclass(frozen=True)
-class Invocation:
-    """A valid request's parts that reach a container or choose one."""
+class Invocation(NamedTuple):
+    """A valid request's parts that reach a container or choose one. (Immutable as a named
+    tuple rather than a frozen dataclass: one is made per request, in a fifth of the time.)"""
 
     endpoint: str
     content_type: str | None
@@ -160,6 +161,21 @@ class Invocation:
     custom_attributes: str | None
     target_variant: str | None
     target_model: str | None
+
+    def container_head(self, path: str, host: str, body: bytes | memoryview) -> bytes:
+        """The head of the request its container gets: only what the API defines reaches
+        the container, as the platform strips the rest."""
+        lines = [f"POST {path} HTTP/1.1\r\nHost: {host}\r\n"]
+        if self.content_type is not None:
+            lines.append(f"Content-Type: {self.content_type}\r\n")
+        if self.accept is not None:
+            lines.append(f"Accept: {self.accept}\r\n")
+        if self.custom_attributes is not None:
+            lines.append(f"X-Amzn-SageMaker-Custom-Attributes: {self.custom_attributes}\r\n")
+        if self.target_model is not None:
+            lines.append(f"X-Amzn-SageMaker-Target-Model: {self.target_model}\r\n")
+        lines.append(f"Content-Length: {len(body)}\r\n\r\n")
+        return "".join(lines).encode("latin-1")
 
 
 def _shown(value: str) -> str:

@@ -15,69 +15,17 @@ a malformed head is answered with a 400 and the connection closed.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from http import HTTPStatus
 
 from .. import h1
-from .buffers import MIN_POOLED, POOL
+from .buffers import LARGE_BODY, MIN_POOLED, POOL, RECEIVE_BYTES, write_large
+from .messages import Handler, Request, Response, encode_head
 
 #: A head larger than this is refused (botocore's are well under 2 KiB).
 MAX_HEAD_BYTES = 64 * 1024
 #: A body declared larger than this is not read: the answer comes and the connection closes.
 MAX_DRAIN_BYTES = 256 * 1024 * 1024
-#: The receive buffer's first size (it grows for a head that does not fit).
-RECEIVE_BYTES = 16 * 1024
-
-
-@dataclass
-class Request:
-    method: str
-    #: The request line's target as sent: path and query, percent-escapes kept.
-    target: str
-    #: By lower-case name; repeated headers joined with ``,`` (as SigV4 signs them).
-    headers: dict[str, str]
-    #: Valid until the request is answered (a view of a buffer used again afterwards).
-    body: bytes | memoryview
-    #: The declared body length; ``body`` is empty when it is over the limit (not kept).
-    body_length: int
-
-
-@dataclass
-class Response:
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes | memoryview
-    #: The pooled buffer ``body`` is a view of, given back once the answer is written.
-    buffer: bytearray | None = None
-
-
-#: Answers a request: calls its second argument with the answer, exactly once, at once or
-#: later; never raises.
-Handler = Callable[[Request, Callable[[Response], None]], None]
-
-_REASONS = {status.value: status.phrase for status in HTTPStatus}
-_date = ["", 0]
-
-
-def _http_date() -> str:
-    now = int(time.time())
-    if now != _date[1]:
-        _date[:] = [email.utils.formatdate(now, usegmt=True), now]
-    return str(_date[0])
-
-
-def encode_head(response: Response, keep_alive: bool) -> bytes:
-    """The status line and headers, ``Date`` and ``Content-Length`` added."""
-    fields = "".join([f"{name}: {value}\r\n" for name, value in response.headers])
-    close = "" if keep_alive else "Connection: close\r\n"
-    return (
-        f"HTTP/1.1 {response.status} {_REASONS.get(response.status, 'Unknown')}\r\n{fields}"
-        f"Date: {_http_date()}\r\nContent-Length: {len(response.body)}\r\n{close}\r\n"
-    ).encode("latin-1")
 
 
 class Connections:
@@ -346,23 +294,3 @@ class ApiConnection(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self.writable.set()
-
-
-#: Bodies larger than this are written in pieces of this size as the socket takes them.
-LARGE_BODY = 256 * 1024
-
-
-async def write_large(
-    transport: asyncio.Transport, writable: asyncio.Event, data: bytes | memoryview
-) -> None:
-    """Write ``data`` a piece at a time, each once the transport's buffer has drained.
-
-    Python 3.11's socket transport keeps what the socket did not take in a bytearray that it
-    deletes from the front after every send: 4 MiB written at once cost ~10 ms of CPU in
-    those moves; piece by piece, the buffer stays small."""
-    view = memoryview(data)
-    for start in range(0, len(view), LARGE_BODY):
-        await writable.wait()
-        if transport.is_closing():  # the peer went away
-            return
-        transport.write(view[start : start + LARGE_BODY])

@@ -22,10 +22,11 @@ import sys
 import time
 from urllib.parse import urlsplit
 
-from .api import ACCOUNT
+from .api import ACCOUNT, ServiceUnavailable
 from .config import VariantConfig
+from .replies import TimedOut, Unreachable
 from .targets import ContainerModels, ModelsDir
-from .upstream import Container, TimedOut, Unreachable
+from .upstream import Container
 
 log = logging.getLogger("serving.endpoint")
 
@@ -92,6 +93,13 @@ class Variant:
         return (
             f"arn:aws:logs:local:{ACCOUNT}:log-group:/aws/sagemaker/Endpoints/"
             f"{self.endpoint}:log-stream:{self.name}/{instance}"
+        )
+
+    def unreachable(self, exc: Exception) -> ServiceUnavailable:
+        """What the caller is told when this variant's container cannot be reached."""
+        return ServiceUnavailable(
+            f"The container of variant {self.name} of endpoint {self.endpoint} cannot be "
+            f"reached ({exc}); try again."
         )
 
     def models(self, container: Container) -> ContainerModels:
@@ -213,7 +221,8 @@ class Variant:
         await process.wait()
 
     async def stop(self) -> None:
-        """Stop the container if this command started it; nothing of it is left running."""
+        """Stop the container if this command started it; nothing of it is left running,
+        nor any archive extracted for it."""
         self.stopping = True
         self._stop_requested.set()
         if self.container is not None:
@@ -222,6 +231,8 @@ class Variant:
         if self._supervisor is not None:
             await self._supervisor  # prompt: a start under way sees `stopping` and stops
         await self._stop_process()
+        if self.models_dir is not None:
+            await self.models_dir.close()
 
 
 def _kill_group(pgid: int) -> None:

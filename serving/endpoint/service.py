@@ -17,17 +17,17 @@ from .api import (
     InternalFailure,
     Invocation,
     ModelError,
-    ModelNotReady,
     ServiceUnavailable,
     UnknownOperation,
     ValidationError,
     check_invocation,
 )
-from .connection import Request, Response
 from .containers import Variant
+from .messages import Request, Response
+from .model_invocation import invoke_model
+from .replies import Outcome, Reply, TimedOut, Unreachable
 from .settings import EndpointSettings
-from .targets import ContainerModels, LoadFailed, NotFound, Target
-from .upstream import Container, Outcome, Reply, TimedOut, Unreachable
+from .upstream import Container
 
 log = logging.getLogger("serving.endpoint")
 
@@ -39,13 +39,15 @@ UNSERVED = {
 }
 
 
+#: A UUID's version (4) and variant (RFC 4122's) bits: cleared, then set.
+_UUID_CLEAR = ~(0xF000 << 64 | 0xC000 << 48)
+_UUID_SET = 0x4000 << 64 | 0x8000 << 48
+
+
 def _request_id() -> str:
     """A version 4 UUID, as the service's request ids are: from ``random``, which unlike
     ``uuid.uuid4`` makes no system call (an id needs no secret randomness)."""
-    number = random.getrandbits(128)
-    number = number & ~(0xF000 << 64) | 0x4000 << 64  # the version, 4
-    number = number & ~(0xC000 << 48) | 0x8000 << 48  # the variant, RFC 4122's
-    text = f"{number:032x}"
+    text = f"{random.getrandbits(128) & _UUID_CLEAR | _UUID_SET:032x}"
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
@@ -69,13 +71,15 @@ class Service:
             invocation, variant, container = self._route(request, request_id)
             if variant.models_dir is not None:
                 self._in_task(
-                    self._invoke_model(variant, container, invocation, request.body),
+                    invoke_model(
+                        variant, container, invocation, request.body, self.settings.timeout
+                    ),
                     variant,
                     request_id,
                     respond,
                 )
                 return
-            head = self._upstream_head(invocation, "/invocations", container.host, request.body)
+            head = invocation.container_head("/invocations", container.host, request.body)
             container.start(
                 [head, request.body],
                 self.settings.timeout,
@@ -125,7 +129,7 @@ class Service:
     def _api_error(self, variant: Variant, exc: Exception) -> Exception:
         """What the caller is told of an exchange with the container that failed."""
         if isinstance(exc, Unreachable):
-            return self._unreachable(variant, exc)
+            return variant.unreachable(exc)
         if isinstance(exc, TimedOut):
             return ModelError(variant.endpoint, variant.log_stream, 0, "")
         return exc
@@ -189,90 +193,6 @@ class Service:
             )
         return invocation, variant, container
 
-    async def _call(
-        self, variant: Variant, container: Container, parts: list[bytes | memoryview]
-    ) -> Reply:
-        try:
-            return await container.request(parts, self.settings.timeout)
-        except Unreachable as exc:
-            raise self._unreachable(variant, exc) from None
-        except TimedOut:
-            raise ModelError(variant.endpoint, variant.log_stream, 0, "") from None
-
-    @staticmethod
-    def _unreachable(variant: Variant, exc: Unreachable) -> ServiceUnavailable:
-        return ServiceUnavailable(
-            f"The container of variant {variant.name} of endpoint {variant.endpoint} cannot "
-            f"be reached ({exc}); try again."
-        )
-
-    async def _invoke_model(
-        self,
-        variant: Variant,
-        container: Container,
-        invocation: Invocation,
-        body: bytes | memoryview,
-    ) -> Reply:
-        """A multi-model variant's invocation: the target model loaded first if the container
-        has not got it (unloading the least recently used ones while it answers 507), and
-        loaded again if the container turns out to have lost it (restarted)."""
-        assert variant.models_dir is not None
-        assert invocation.target_model is not None
-        target = variant.models_dir.target(invocation.target_model)
-        if target is None:
-            raise self._no_such_model(variant, invocation.target_model)
-        models = variant.models(container)
-        path = f"/models/{target.name}/invoke"
-        parts = [self._upstream_head(invocation, path, container.host, body), body]
-        for attempt in (1, 2):
-            await self._load(variant, models, target, invocation.target_model)
-            models.in_flight[target.name] += 1
-            try:
-                reply = await self._call(variant, container, parts)
-            finally:
-                models.in_flight[target.name] -= 1
-            if reply.status != 404 or attempt == 2:
-                models.used(target)
-                return reply
-            # not loaded after all: the container restarted, or something unloaded it
-            log.info("%s: model %s was not loaded; loading it", variant, target.relative)
-            models.forget(target)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _load(
-        self, variant: Variant, models: ContainerModels, target: Target, target_model: str
-    ) -> None:
-        name = variant.endpoint
-        try:
-            await models.ensure_loaded(target, self.settings.timeout)
-        except TimeoutError:
-            raise ModelNotReady(
-                f"Model {target_model} is not ready yet for endpoint {name}: it is still "
-                "being loaded; try again."
-            ) from None
-        except NotFound:
-            raise self._no_such_model(variant, target_model) from None
-        except LoadFailed as exc:
-            text = str(exc.reply.body, "utf-8", "replace")
-            raise ModelError(name, variant.log_stream, exc.reply.status, text) from None
-        except Unreachable as exc:
-            raise self._unreachable(variant, exc) from None
-        except TimedOut:
-            raise ModelError(name, variant.log_stream, 0, "") from None
-
-    @staticmethod
-    def _no_such_model(variant: Variant, target_model: str) -> ValidationError:
-        """The service's answer for a TargetModel with no model.tar.gz under the variant's
-        ModelDataUrl prefix (a ValidationError, 400, naming bucket and key; not
-        ModelNotReadyException, which is for a model still loading): here the models
-        directory is the bucket and prefix."""
-        assert variant.models_dir is not None
-        return ValidationError(
-            f"Failed to download model data (bucket: {variant.models_dir.local}, key: "
-            f"{target_model}). Please ensure that there is a model directory at that key in "
-            "the models directory (a key ending in .tar.gz names the directory without it)."
-        )
-
     def _variant(self, invocation: Invocation, request_id: str) -> Variant:
         name = invocation.endpoint
         variants = self.endpoints.get(name)
@@ -302,20 +222,3 @@ class Service:
         if len(variants) == 1:
             return variants[0]
         return random.choices(variants, self._weights[name])[0]  # noqa: S311 - routing
-
-    @staticmethod
-    def _upstream_head(
-        invocation: Invocation, path: str, host: str, body: bytes | memoryview
-    ) -> bytes:
-        # Only what the API defines reaches the container; the platform strips the rest.
-        lines = [f"POST {path} HTTP/1.1\r\nHost: {host}\r\n"]
-        if invocation.content_type is not None:
-            lines.append(f"Content-Type: {invocation.content_type}\r\n")
-        if invocation.accept is not None:
-            lines.append(f"Accept: {invocation.accept}\r\n")
-        if invocation.custom_attributes is not None:
-            lines.append(f"X-Amzn-SageMaker-Custom-Attributes: {invocation.custom_attributes}\r\n")
-        if invocation.target_model is not None:
-            lines.append(f"X-Amzn-SageMaker-Target-Model: {invocation.target_model}\r\n")
-        lines.append(f"Content-Length: {len(body)}\r\n\r\n")
-        return "".join(lines).encode("latin-1")

@@ -55,7 +55,9 @@ class EndpointSettings:
         _optional_path,
         "Models directory of a multi-model endpoint: start `serving serve --multi-model` for "
         "it (or, with --container-url, front one that reads its models there); TargetModel "
-        "names a model directory in it, loaded on first use.",
+        "names a model.tar.gz (any tar archive, extracted on first use into a directory of "
+        "this command's inside it, removed when the command stops) or a model directory in "
+        "it, loaded on first use.",
         default_text="none",
     )
     container_url: str | None = _setting(

@@ -4,8 +4,10 @@ On SageMaker, ``TargetModel`` is the path of a ``model.tar.gz`` relative to the 
 ``ModelDataUrl`` prefix; the platform copies it to the instance, asks the container to load it
 under an opaque name (a hash) on its first use, and when the container answers a load with 507
 it unloads the least recently used model and tries again. Here the prefix is a local models
-directory and a model is a directory in it, used in place: ``TargetModel`` ``a/b.tar.gz`` or
-``a/b`` is the directory ``<models_dir>/a/b``.
+directory, and a model is a tar archive in it, extracted on its first use
+(:mod:`.extractions`), or a directory in it, used in place: ``TargetModel`` ``a/b.tar.gz`` is
+the archive ``<models_dir>/a/b.tar.gz``, or when there is none the directory
+``<models_dir>/a/b``.
 
 The API keeps, per container, which models it has loaded and when each was last used; the
 container is the authority (its 404 for an invoke means "not loaded": a restarted container has
@@ -23,7 +25,10 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .upstream import Container, Reply
+from .extractions import PREFIX as EXTRACTED_PREFIX
+from .extractions import Extractions
+from .replies import Reply
+from .upstream import Container
 
 log = logging.getLogger("serving.endpoint")
 
@@ -40,46 +45,72 @@ ARCHIVE_SUFFIX = ".tar.gz"
 class Target:
     """A model of a models directory, and how its container knows it."""
 
-    #: Its path in the models directory, ``/``-separated, without ``.tar.gz``.
+    #: Its path in the models directory, ``/``-separated: an archive's with its suffix, a
+    #: directory's without ``.tar.gz``.
     relative: str
     #: The container's ``model_name``: opaque, as SageMaker's (a hash of ``relative``).
     name: str
     #: The load's ``url``: where the container reads the model directory.
     url: str
+    #: The archive to extract (into :meth:`.Extractions.directory`) before the load.
+    archive: Path | None = None
 
 
 class ModelsDir:
     """A multi-model variant's models directory, seen here (``local``) and by its container
-    (``container_root``, the load's ``url`` prefix)."""
+    (``container_root``, the load's ``url`` prefix), and the archives of it extracted."""
 
     def __init__(self, local: Path, container_root: str) -> None:
         self.local = local.resolve()
         self.container_root = container_root
+        self.extractions = Extractions(self.local)
 
     def target(self, target_model: str) -> Target | None:
-        """The model ``target_model`` names, or ``None`` when there is no such directory (or
-        the name leads out of the models directory)."""
+        """The model ``target_model`` names, or ``None`` when there is no such archive or
+        directory (or the name leads out of the models directory)."""
         path = PurePosixPath(target_model)
         if path.is_absolute() or ".." in path.parts or "\\" in target_model:
             return None
-        for relative in _candidates(target_model):
-            directory = (self.local / relative).resolve()
-            inside = directory != self.local and directory.is_relative_to(self.local)
-            if inside and directory.is_dir():
-                # named by the directory the container resolves it to, so that a link and
-                # its target, or a.tar.gz and a, are one model
-                key = directory.relative_to(self.local).as_posix()
-                name = hashlib.sha256(key.encode()).hexdigest()[:32]
-                return Target(key, name, posixpath.join(self.container_root, key))
+        relative = target_model.strip("/")
+        exact = self._inside(relative)
+        if exact is not None and exact.is_dir():  # a directory called "a.tar.gz" too
+            return self._directory(exact)
+        if exact is not None and exact.is_file():
+            key = exact.relative_to(self.local).as_posix()
+            name = _name(key)
+            url = posixpath.join(self.container_root, self.extractions.name, name)
+            return Target(key, name, url, exact)
+        if relative.endswith(ARCHIVE_SUFFIX):  # no such archive: the directory it names
+            directory = self._inside(relative.removesuffix(ARCHIVE_SUFFIX))
+            if directory is not None and directory.is_dir():
+                return self._directory(directory)
         return None
 
+    def _inside(self, relative: str) -> Path | None:
+        """``relative`` resolved (links followed), if it is inside the models directory but
+        neither the directory itself nor in a directory of extracted archives."""
+        if not relative:
+            return None
+        resolved = (self.local / relative).resolve()
+        if resolved == self.local or not resolved.is_relative_to(self.local):
+            return None
+        if resolved.relative_to(self.local).parts[0].startswith(EXTRACTED_PREFIX):
+            return None
+        return resolved
 
-def _candidates(target_model: str) -> list[str]:
-    relative = target_model.strip("/")
-    if relative.endswith(ARCHIVE_SUFFIX) and len(relative) > len(ARCHIVE_SUFFIX):
-        # a directory called "a.tar.gz" first, then what the archive would extract to
-        return [relative, relative.removesuffix(ARCHIVE_SUFFIX)]
-    return [relative] if relative else []
+    def _directory(self, directory: Path) -> Target:
+        # named by the directory the container resolves it to, so that a link and its
+        # target, or a.tar.gz and a, are one model
+        key = directory.relative_to(self.local).as_posix()
+        return Target(key, _name(key), posixpath.join(self.container_root, key))
+
+    async def close(self) -> None:
+        """Remove the archives extracted (the command is stopping)."""
+        await self.extractions.close()
+
+
+def _name(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 class LoadFailed(Exception):
@@ -117,20 +148,16 @@ class ContainerModels:
         """The container does not have ``target`` (it said so): load it again next time."""
         self.loaded.pop(target.name, None)
 
-    async def ensure_loaded(self, target: Target, timeout: float) -> None:
+    async def ensure_loaded(self, target: Target) -> None:
         """Return once the container has ``target`` loaded; concurrent first uses share one
-        load. Past ``timeout``, :class:`TimeoutError`, the load going on (as SageMaker's
-        does after a ModelNotReadyException)."""
-        if target.name in self.loaded:
-            self.loaded.move_to_end(target.name)
-            return
+        load, which goes on if a caller stops waiting (as SageMaker's does after a
+        ModelNotReadyException)."""
         task = self._loads.get(target.name)
         if task is None:
             task = asyncio.create_task(self._load(target))
             self._loads[target.name] = task
             task.add_done_callback(lambda done: self._done(target.name, done))
-        async with asyncio.timeout(timeout):
-            await asyncio.shield(task)
+        await asyncio.shield(task)
 
     def _done(self, name: str, task: asyncio.Task[None]) -> None:
         if self._loads.get(name) is task:
