@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,3 +50,13 @@ def failing_server(failing_model: Path, model_root: Path) -> Iterator[ServerProc
     arguments = ["--model-dir", str(failing_model.parent)]
     with running_server(arguments, model_root / "failing.log") as server:
         yield server
+
+
+@pytest.fixture(autouse=True)
+def _close_boto3_clients() -> Iterator[None]:
+    """Close the boto3 clients a test made with ``tests.endpoint.client``: their connection
+    pools would stay open into later tests."""
+    yield
+    endpoint = sys.modules.get("tests.endpoint")
+    if endpoint is not None:
+        endpoint.close_clients()

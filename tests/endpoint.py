@@ -22,6 +22,10 @@ from tests.server import clean_environ, free_port, terminate
 START_TIMEOUT = 60.0
 READY = "InvokeEndpoint for "
 
+#: The example iris model, and a row of it as CSV.
+IRIS = Path(__file__).parent.parent / "examples" / "iris" / "model"
+CSV = b"5.1,3.5,1.4,0.2\n"
+
 
 #: Clients made, for :func:`close_clients` (an open keep-alive socket left to the garbage
 #: collector is a ResourceWarning, an error in this suite).

@@ -17,16 +17,15 @@ import numpy as np
 import pytest
 
 from tests.endpoint import (
+    IRIS,
     EndpointProcess,
     client,
-    close_clients,
     invoke,
     no_retries,
     running_endpoint,
 )
 from tests.server import ServerProcess, free_port, launch, running_server, wait_until_healthy
 
-IRIS = Path(__file__).parent.parent / "examples" / "iris" / "model"
 ROWS = np.array([[5.1, 3.5, 1.4, 0.2], [6.3, 3.3, 6.0, 2.5]], dtype=np.float32)
 CSV = b"5.1,3.5,1.4,0.2\n6.3,3.3,6.0,2.5\n"
 
@@ -35,12 +34,6 @@ def npy(array: np.ndarray[Any, Any]) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     return buffer.getvalue()
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    close_clients()
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import re
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,17 +15,8 @@ import pytest
 from serving.endpoint import archive as archive_module
 from serving.endpoint.archive import ArchiveError, Cancelled, extract
 from serving.endpoint.config import ConfigError, load
-from tests.endpoint import close_clients, invoke, launch, no_retries, running_endpoint
+from tests.endpoint import CSV, IRIS, invoke, launch, no_retries, running_endpoint
 from tests.test_process import run_cli
-
-IRIS = Path(__file__).parent.parent / "examples" / "iris" / "model"
-CSV = b"5.1,3.5,1.4,0.2\n"
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    close_clients()
 
 
 def member(

@@ -20,24 +20,17 @@ import pytest
 import requests
 
 from tests.endpoint import (
+    CSV,
+    IRIS,
     EndpointProcess,
     FakeMultiModelContainer,
     client,
-    close_clients,
     invoke,
     no_retries,
     running_endpoint,
 )
 
-IRIS = Path(__file__).parent.parent / "examples" / "iris" / "model"
-CSV = b"5.1,3.5,1.4,0.2\n"
 JSON_ROW = b"[[1.0, 2.0]]"
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    close_clients()
 
 
 def copy_model(source: Path, target: Path) -> None:

@@ -25,24 +25,17 @@ from serving.endpoint.archive import Cancelled
 from serving.endpoint.extractions import Extractions
 from serving.endpoint.targets import ModelsDir
 from tests.endpoint import (
+    CSV,
+    IRIS,
     EndpointProcess,
     FakeMultiModelContainer,
     client,
-    close_clients,
     invoke,
     no_retries,
     running_endpoint,
 )
 
-IRIS = Path(__file__).parent.parent / "examples" / "iris" / "model"
-CSV = b"5.1,3.5,1.4,0.2\n"
 EXTRACTED = re.compile(r"\.serving-endpoint-\d+-[0-9a-f]{8}")
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    close_clients()
 
 
 def iris_archive(path: Path, mode: Literal["w:gz", "w"] = "w:gz") -> Path:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,12 +27,6 @@ from tests.endpoint import client, close_clients, running_endpoint
 
 ROOT = Path(__file__).parent.parent
 KEY, SECRET = "AKIDLOCALTEST", "local-secret"
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    close_clients()
 
 
 def signed(

@@ -6,13 +6,13 @@ from __future__ import annotations
 import os
 import signal
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.endpoint import (
-    close_clients,
+    CSV,
+    IRIS,
     invoke,
     launch,
     no_retries,
@@ -21,15 +21,6 @@ from tests.endpoint import (
 )
 from tests.server import children
 from tests.test_process import run_cli
-
-IRIS = Path(__file__).parent.parent / "examples" / "iris" / "model"
-CSV = b"5.1,3.5,1.4,0.2\n"
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    close_clients()
 
 
 def tree(pid: int) -> list[int]:
