@@ -114,7 +114,7 @@ class ModelLoader:
             raise late  # another load here has not ended (or been abandoned and not ended)
         done = gevent.get_hub().threadpool.spawn(self._measured, model_dir, box)
         try:
-            done.get(timeout=max(until - time.monotonic(), 0))
+            _wait_for(box, done, until)
         except BaseException as exc:
             # A thread cannot be stopped: the load goes on, and what it made is freed (and the
             # next load let in) when it ends.
@@ -168,6 +168,23 @@ class ModelLoader:
         trim()  # what the load used for a moment is not the model's
         footprint = max(resident_bytes() - before, 0)
         box.append(((state, footprint, time.perf_counter() - started), None))
+
+
+#: How often a load's wait looks at its result itself, in seconds.
+RESULT_POLL_SECONDS = 0.25
+
+
+def _wait_for(box: list[Any], done: Any, until: float) -> None:
+    """Wait until the load thread has put its result in ``box``; ``gevent.Timeout`` at the
+    monotonic time ``until``. Looked at every :data:`RESULT_POLL_SECONDS` as well as awaited:
+    in one CI run of the churn test (3,000 loads), a thread's result, put in ``box`` 0.01 s
+    after its load began, reached the waiting greenlet only when the worker stopped 85 s later
+    (the thread pool's wake-up of the event loop was lost; not reproduced since)."""
+    while not box:
+        remaining = until - time.monotonic()
+        if remaining <= 0:
+            raise gevent.Timeout(0)
+        done.wait(min(remaining, RESULT_POLL_SECONDS))
 
 
 def resolve(url: str, root: Path) -> Path:
