@@ -25,21 +25,16 @@ with its inputs, each member is run again alone.
 
 **Timeouts.** The executor sets none of its own: the app bounds the whole request
 (:mod:`serving.deadline`) and the wait for a run ends when the request's time is up. A run in
-a thread is then *abandoned*: it is asked to stop (:class:`handlers.execution.RunStop`, which
-onnxruntime runs honour at their next node; user code cannot be stopped), its thread goes on
-until it ends, and a new one takes its slot so that later requests still run. A worker with
-:data:`MAX_ABANDONED_RUNS` abandoned runs still going takes no more threads: it cannot serve,
-says so on ``/ping`` (:attr:`GeventExecutor.can_serve`) and asks to be replaced
-(``on_exhausted``). A shared run
+a thread cannot be stopped; it is *abandoned*: its thread goes on, and a new one takes its
+slot so that later requests still run. A worker with :data:`MAX_ABANDONED_RUNS` abandoned runs
+still going takes no more threads: it cannot serve, says so on ``/ping``
+(:attr:`GeventExecutor.can_serve`) and asks to be replaced (``on_exhausted``). A shared run
 abandoned at one request's timeout fails the others that joined it with a 504 too.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -370,28 +365,7 @@ class GeventExecutor:
         return True
 
 
-#: The niceness of the pool's threads: the event loop's thread (0) goes first. With the worker
-#: on one CPU, a pool thread encoding a large answer kept the loop from answering /ping until
-#: the kernel's next turn: /ping p99 10.7 ms at niceness 0, 7.9-8.7 ms at 10, two clients
-#: posting 6 MB RecordIO bodies (``benchmarks/reliability.py --only recordio-decode``).
-POOL_NICENESS = 10
-
-#: Native ids of the threads already given :data:`POOL_NICENESS`.
-_lowered: set[int] = set()
-
-
-def _lower_priority() -> None:
-    """Give the calling pool thread :data:`POOL_NICENESS` (once: Linux's niceness is per
-    thread, and raising it needs no privilege)."""
-    native_id = threading.get_native_id()
-    if native_id not in _lowered:
-        _lowered.add(native_id)
-        with contextlib.suppress(OSError, AttributeError):  # not Linux, or not allowed
-            os.setpriority(os.PRIO_PROCESS, 0, POOL_NICENESS)
-
-
 def _captured(function: Callable[..., Any], *args: Any) -> tuple[Any, Exception | None]:
-    _lower_priority()
     try:
         return function(*args), None
     except Exception as exc:  # noqa: BLE001 - re-raised by the caller, in its greenlet
@@ -401,7 +375,6 @@ def _captured(function: Callable[..., Any], *args: Any) -> tuple[Any, Exception 
 def _stoppable(
     stop: RunStop, runner: Runner, feeds: Feeds
 ) -> tuple[Outputs, Exception | None, float]:
-    _lower_priority()
     with stoppable(stop):
         return _timed(runner, feeds)
 

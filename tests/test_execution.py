@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -18,7 +17,6 @@ from serving.admission import FairGate
 from serving.deadline import RequestTimeout, deadline
 from serving.execution import (
     MAX_ABANDONED_RUNS,
-    POOL_NICENESS,
     YIELD_ABOVE,
     GeventExecutor,
 )
@@ -456,16 +454,3 @@ def test_many_rows_of_a_tiny_model_let_the_loop_go_first() -> None:
     executor.run(model, {"x": many}, batchable=False)
     gevent.sleep(0)
     assert order[0] == "other"
-
-
-def test_pool_threads_let_the_event_loop_go_first() -> None:
-    executor = GeventExecutor(1, max_batch_rows=8)
-
-    def niceness(_: Feeds) -> Outputs:
-        return {"y": np.array([os.getpriority(os.PRIO_PROCESS, 0)])}
-
-    loop_niceness = os.getpriority(os.PRIO_PROCESS, 0)
-    ran = executor.run(niceness, {"x": rows(0, 1)}, batchable=False)  # a first run: in a thread
-    assert ran["y"][0] == max(loop_niceness, POOL_NICENESS)
-    assert executor.call(os.getpriority, os.PRIO_PROCESS, 0) == max(loop_niceness, POOL_NICENESS)
-    assert os.getpriority(os.PRIO_PROCESS, 0) == loop_niceness
