@@ -25,10 +25,12 @@ with its inputs, each member is run again alone.
 
 **Timeouts.** The executor sets none of its own: the app bounds the whole request
 (:mod:`serving.deadline`) and the wait for a run ends when the request's time is up. A run in
-a thread cannot be stopped; it is *abandoned*: its thread goes on, and a new one takes its
-slot so that later requests still run. A worker with :data:`MAX_ABANDONED_RUNS` abandoned runs
-still going takes no more threads: it cannot serve, says so on ``/ping``
-(:attr:`GeventExecutor.can_serve`) and asks to be replaced (``on_exhausted``). A shared run
+a thread is then *abandoned*: it is asked to stop (:class:`handlers.execution.RunStop`, which
+onnxruntime runs honour at their next node; user code cannot be stopped), its thread goes on
+until it ends, and a new one takes its slot so that later requests still run. A worker with
+:data:`MAX_ABANDONED_RUNS` abandoned runs still going takes no more threads: it cannot serve,
+says so on ``/ping`` (:attr:`GeventExecutor.can_serve`) and asks to be replaced
+(``on_exhausted``). A shared run
 abandoned at one request's timeout fails the others that joined it with a 504 too.
 """
 
