@@ -17,7 +17,6 @@ import argparse
 import http.client
 import json
 import os
-import re
 import shutil
 import signal
 import statistics
@@ -41,11 +40,10 @@ from run import (  # noqa: E402
     SERVER_CPU,
     Load,
     PingProbe,
-    _errors,
-    _latency,
     pin,
     wait_healthy,
 )
+from run import wrk as run_wrk  # noqa: E402
 
 from tests.server import free_port  # noqa: E402
 
@@ -111,23 +109,7 @@ def wrk(
     path: str,
 ) -> Load:
     """``benchmarks/run.py``'s wrk run, at ``path``."""
-    environ = {
-        **os.environ,
-        "BODY_FILE": str(body_file),
-        "CONTENT_TYPE": content_type,
-        "ACCEPT": accept,
-    }
-    command = ["wrk", "-t1", f"-c{clients}", f"-d{seconds}s", "--latency", "--timeout", "10s"]
-    command += ["-s", str(HERE / "post.lua"), f"http://127.0.0.1:{port}{path}"]
-    output = subprocess.run(
-        command, env=environ, capture_output=True, text=True, check=True,
-        preexec_fn=pin(CLIENT_CPU),
-    ).stdout  # fmt: skip
-    rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
-    assert rate is not None, output
-    return Load(
-        float(rate.group(1)), _latency(output, "50%"), _latency(output, "99%"), _errors(output)
-    )
+    return run_wrk(port, body_file, content_type, accept, clients, seconds, path=path)
 
 
 def percentile(values: list[float], share: float) -> float:

@@ -185,6 +185,7 @@ def wrk(
     clients: int,
     seconds: int,
     cpus: tuple[int, ...] = (CLIENT_CPU,),
+    path: str = "/invocations",
 ) -> Load:
     environ = {
         **os.environ,
@@ -193,7 +194,7 @@ def wrk(
         "ACCEPT": accept,
     }
     command = ["wrk", "-t1", f"-c{clients}", f"-d{seconds}s", "--latency", "--timeout", "10s"]
-    command += ["-s", str(HERE / "post.lua"), f"http://127.0.0.1:{port}/invocations"]
+    command += ["-s", str(HERE / "post.lua"), f"http://127.0.0.1:{port}{path}"]
     output = subprocess.run(
         command,
         env=environ,
