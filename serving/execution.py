@@ -14,7 +14,8 @@ is answered first), then takes the oldest request and every compatible one queue
 as one, and splits the outputs back by row counts. An idle server runs each request alone with
 no added delay; a loaded one batches as much as the load gives. ``max_delay`` (off by default)
 holds a partial batch back to gather more. Batching stops for models whose batches, joining
-their inputs included, cost no less per row than lone runs (see ``_Lane.batch_rows``).
+their inputs included, cost no less per row than lone runs
+(:meth:`serving.lanes.Lane.batch_rows`).
 
 **Fairness.** Waiting for the idle loop before each run also keeps the loop polling: run back
 to back, inline runs would keep ``/ping`` and new connections waiting. Models that cannot
@@ -30,8 +31,11 @@ onnxruntime runs honour at their next node; user code cannot be stopped), its th
 until it ends, and a new one takes its slot so that later requests still run. A worker with
 :data:`MAX_ABANDONED_RUNS` abandoned runs still going takes no more threads: it cannot serve,
 says so on ``/ping`` (:attr:`GeventExecutor.can_serve`) and asks to be replaced
-(``on_exhausted``). A shared run
-abandoned at one request's timeout fails the others that joined it with a 504 too.
+(``on_exhausted``). A shared run abandoned at one request's timeout fails the others that
+joined it with a 504 too.
+
+**Threads.** Pool threads run at a lower priority than the event loop
+(:data:`serving.pool_threads.POOL_NICENESS`), so that on a busy CPU the loop goes first.
 """
 
 from __future__ import annotations
@@ -40,33 +44,24 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
 
 import gevent
 import numpy as np
-from gevent.event import AsyncResult, Event
+from gevent.event import AsyncResult
 from gevent.threadpool import ThreadPool
 
-from handlers.execution import Feeds, Runner, RunStop, T, stoppable
+from handlers.execution import Feeds, Runner, RunStop, T
 from handlers.tensors import Outputs
 
 from .deadline import RequestTimeout
-
-#: Weight of the newest run in the running estimate of a model's time per row.
-ESTIMATE_WEIGHT = 0.2
-
-#: Batching is used while a batched run costs less than this share of lone runs, per row.
-BATCH_GAIN = 0.9
+from .lanes import Lane, Request, key_of, rows_of
+from .pool_threads import Clock, captured, stoppable_run, timed
 
 #: A run of a model that cannot batch, expected to take longer than this (seconds), first
 #: waits for the event loop to be idle, as batches do.
 YIELD_ABOVE = 50e-6
-
-#: Runs between two batches that measure again whether batching pays, and their rows.
-REMEASURE_EVERY = 64
-REMEASURE_ROWS = 4
 
 #: Abandoned runs still going at which a worker stops taking new threads and asks to be
 #: replaced: each may hold a thread, memory and CPU for good (a hook that never returns).
@@ -76,59 +71,6 @@ MAX_ABANDONED_RUNS = 3
 ABANDONED_SHARED_RUN = "the model run this request shared was abandoned when another timed out"
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(eq=False)  # identity: requests are found in queues by identity
-class _Request:
-    feeds: Feeds
-    rows: int
-    #: Requests with equal keys can be concatenated: names, dtypes, shapes past axis 0.
-    key: tuple[tuple[str, str, tuple[int, ...]], ...]
-    #: Set once, with the request's outputs or error.
-    result: AsyncResult = field(default_factory=AsyncResult)
-    #: Set when this request's greenlet is to run the next batch (the dispatcher's turn).
-    turn: Event = field(default_factory=Event)
-
-
-@dataclass
-class _Estimate:
-    """A running estimate of a model's seconds per row (0: not measured yet)."""
-
-    per_row: float = 0.0
-
-    def update(self, seconds: float, rows: int) -> None:
-        per_row = seconds / max(rows, 1)
-        weight = ESTIMATE_WEIGHT if self.per_row else 1.0
-        self.per_row += weight * (per_row - self.per_row)
-
-
-@dataclass
-class _Lane:
-    """One model's queue, and how long its runs take alone and in batches."""
-
-    pending: deque[_Request] = field(default_factory=deque)
-    dispatchers: int = 0
-    alone: _Estimate = field(default_factory=_Estimate)
-    together: _Estimate = field(default_factory=_Estimate)
-    runs_since_batch: int = 0
-
-    def batch_rows(self, max_rows: int) -> int:
-        """How many rows the next run may gather: all it may while batched runs cost clearly
-        less per row than lone ones, as last measured, else one request's.
-
-        Compute-bound models (convolutions) run no faster per row in batches, and the copy
-        into one batch costs extra; for them requests run one by one, with a small batch now
-        and then to measure again.
-        """
-        if not self.together.per_row:
-            return max_rows  # measure a batch
-        if not self.alone.per_row:
-            return 1  # measure a request alone
-        if self.together.per_row < BATCH_GAIN * self.alone.per_row:
-            return max_rows
-        if self.runs_since_batch >= REMEASURE_EVERY:
-            return min(max_rows, REMEASURE_ROWS)
-        return 1
 
 
 class GeventExecutor:
@@ -145,13 +87,16 @@ class GeventExecutor:
         max_batch_rows: int,
         max_delay: float = 0.0,
         inline_limit: float = 0.001,
+        clock: Clock = time.perf_counter,
     ) -> None:
         self.concurrency = concurrency
         self.max_batch_rows = max_batch_rows
         self.max_delay = max_delay
         self.inline_limit = inline_limit
+        #: What run times are measured with (a test's clock makes them exact).
+        self.clock = clock
         self._pool: ThreadPool | None = None
-        self._lanes: dict[Runner, _Lane] = {}
+        self._lanes: dict[Runner, Lane] = {}
         #: Runs abandoned at their request's timeout that have not ended yet.
         self.abandoned = 0
         #: Called once the worker cannot serve any more (the server stops the worker then).
@@ -163,13 +108,13 @@ class GeventExecutor:
         return self.abandoned < MAX_ABANDONED_RUNS
 
     def run(self, runner: Runner, feeds: Feeds, *, batchable: bool) -> Outputs:
-        lane = self._lanes.setdefault(runner, _Lane())
-        rows = _rows(feeds)
+        lane = self._lanes.setdefault(runner, Lane())
+        rows = rows_of(feeds)
         if not batchable or self.max_batch_rows <= 1:
             if not 0 < lane.alone.per_row * rows < YIELD_ABOVE:
                 gevent.idle()  # let /ping and requests already received go first
             return self._execute(runner, lane, feeds, rows)
-        request = _Request(feeds, rows, _key(feeds))
+        request = Request(feeds, rows, key_of(feeds))
         lane.pending.append(request)
         if lane.dispatchers < self.concurrency:
             lane.dispatchers += 1
@@ -186,7 +131,7 @@ class GeventExecutor:
         outputs: Outputs = request.result.get()
         return outputs
 
-    def _leave(self, lane: _Lane, request: _Request) -> None:
+    def _leave(self, lane: Lane, request: Request) -> None:
         """Forget a request that is done or gave up; pass on a turn it will not take."""
         if request in lane.pending:
             lane.pending.remove(request)
@@ -194,7 +139,7 @@ class GeventExecutor:
             request.turn.clear()
             self._hand_off(lane)
 
-    def _hand_off(self, lane: _Lane) -> None:
+    def _hand_off(self, lane: Lane) -> None:
         """Give the dispatcher's turn to the oldest waiting request, or end the turn."""
         for waiting in lane.pending:
             if not waiting.turn.is_set():
@@ -241,7 +186,7 @@ class GeventExecutor:
     def _execute(
         self,
         runner: Runner,
-        lane: _Lane,
+        lane: Lane,
         feeds: Feeds,
         rows: int,
         together: bool = False,
@@ -260,17 +205,15 @@ class GeventExecutor:
         # Unmeasured models run in a thread first: a slow first run must not stall the loop.
         inline = 0 < per_row * rows < self.inline_limit
         if inline:
-            outputs, error, seconds = _timed(runner, feeds)
+            outputs, error, seconds = timed(self.clock, runner, feeds)
         else:
-            # The error comes back as a value: gevent prints every exception that leaves a
-            # pool thread to stderr, tracebacks and all, even though apply() re-raises it.
             stop = RunStop()
-            done = self._threads().spawn(_stoppable, stop, runner, feeds)
+            done = self._threads().spawn(stoppable_run, stop, self.clock, runner, feeds)
             outputs, error, seconds = self._wait(done, stop)
         if error is not None:
             raise error
         if joined is not None:
-            seconds = time.perf_counter() - joined
+            seconds = self.clock() - joined
         estimate.update(seconds, rows)
         lane.runs_since_batch = 0 if together else lane.runs_since_batch + 1
         return outputs
@@ -286,7 +229,7 @@ class GeventExecutor:
     def call(self, function: Callable[..., T], *args: Any) -> T:
         """``function(*args)`` in a pool thread, within the timeout. Pure Python holds the GIL
         there too, but gives it up every few milliseconds, so the loop still answers /ping."""
-        outcome, error = self._wait(self._threads().spawn(_captured, function, *args))
+        outcome, error = self._wait(self._threads().spawn(captured, function, *args))
         if error is not None:
             raise error
         return outcome  # type: ignore[no-any-return]
@@ -296,7 +239,7 @@ class GeventExecutor:
             self._pool = ThreadPool(self.concurrency)
         return self._pool
 
-    def _dispatch(self, runner: Runner, lane: _Lane) -> None:
+    def _dispatch(self, runner: Runner, lane: Lane) -> None:
         """Run one batch from the queue in the calling request's greenlet (no extra
         greenlets), then pass the turn to the oldest request still waiting, if any.
 
@@ -314,12 +257,12 @@ class GeventExecutor:
         finally:
             self._hand_off(lane)
 
-    def _take(self, lane: _Lane) -> list[_Request]:
+    def _take(self, lane: Lane) -> list[Request]:
         """The oldest request and the compatible ones queued after it, up to the row limit
         (or the oldest alone, while batching does not pay)."""
         first = lane.pending.popleft()
         limit = lane.batch_rows(self.max_batch_rows)
-        batch, rows, kept = [first], first.rows, deque[_Request]()
+        batch, rows, kept = [first], first.rows, deque[Request]()
         while lane.pending and rows < limit:
             request = lane.pending.popleft()
             if request.key == first.key and rows + request.rows <= limit:
@@ -330,7 +273,7 @@ class GeventExecutor:
         lane.pending.extendleft(reversed(kept))
         return batch
 
-    def _run_batch(self, runner: Runner, lane: _Lane, batch: list[_Request]) -> None:
+    def _run_batch(self, runner: Runner, lane: Lane, batch: list[Request]) -> None:
         """Run ``batch``; every request in it gets its outputs or its error, whatever happens."""
         try:
             if len(batch) > 1 and self._run_together(runner, lane, batch):
@@ -349,10 +292,10 @@ class GeventExecutor:
                     request.result.set_exception(shared)
             raise
 
-    def _run_together(self, runner: Runner, lane: _Lane, batch: list[_Request]) -> bool:
+    def _run_together(self, runner: Runner, lane: Lane, batch: list[Request]) -> bool:
         """One run for the whole batch; ``False`` if it must be run one by one instead."""
         try:
-            joined = time.perf_counter()
+            joined = self.clock()
             names = batch[0].feeds
             feeds = {name: np.concatenate([r.feeds[name] for r in batch]) for name in names}
             rows = sum(request.rows for request in batch)
@@ -367,39 +310,7 @@ class GeventExecutor:
         return True
 
 
-def _captured(function: Callable[..., Any], *args: Any) -> tuple[Any, Exception | None]:
-    try:
-        return function(*args), None
-    except Exception as exc:  # noqa: BLE001 - re-raised by the caller, in its greenlet
-        return None, exc
-
-
-def _stoppable(
-    stop: RunStop, runner: Runner, feeds: Feeds
-) -> tuple[Outputs, Exception | None, float]:
-    with stoppable(stop):
-        return _timed(runner, feeds)
-
-
-def _timed(runner: Runner, feeds: Feeds) -> tuple[Outputs, Exception | None, float]:
-    started = time.perf_counter()
-    try:
-        outputs, error = runner(feeds), None
-    except Exception as exc:  # noqa: BLE001 - re-raised by the caller, in its greenlet
-        outputs, error = {}, exc
-    return outputs, error, time.perf_counter() - started
-
-
-def _rows(feeds: Feeds) -> int:
-    first = next(iter(feeds.values()), None)
-    return int(first.shape[0]) if first is not None and first.ndim else 1
-
-
-def _key(feeds: Feeds) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
-    return tuple((name, array.dtype.str, array.shape[1:]) for name, array in feeds.items())
-
-
-def _split(outputs: Outputs, batch: list[_Request]) -> list[Outputs] | None:
+def _split(outputs: Outputs, batch: list[Request]) -> list[Outputs] | None:
     """Each request's rows of ``outputs``, or ``None`` if an output does not line up."""
     total = sum(request.rows for request in batch)
     if any(array.ndim == 0 or array.shape[0] != total for array in outputs.values()):

@@ -44,7 +44,7 @@ from .logs import ACCESS_FLUSH_SECONDS, access_lines
 STOP_POLL_SECONDS = 0.1
 
 #: How long a thread may hold the GIL while another waits for it (Python's default: 5 ms).
-SWITCH_INTERVAL_SECONDS = 0.001
+SWITCH_INTERVAL_SECONDS = 0.0002
 
 #: Requests still in flight this long before the graceful timeout ends are cut: the master
 #: kills the worker when it ends, and the worker must say what it cut before that.
@@ -182,8 +182,11 @@ class ServingGeventWorker(GeventWorker):  # type: ignore[misc]  # gunicorn is un
         gunicorn_util.write_error = write_json_error
         # Python code in a pool thread (a user's hook, a codec on a large body) holds the GIL
         # for up to the switch interval at a time, and the event loop needs it several times
-        # to answer one /ping: at the default 5 ms, /ping waited 21-28 ms (p99) behind RecordIO
-        # decoding; at 1 ms, 13 ms. onnxruntime releases the GIL, so model runs are unaffected.
+        # to answer one /ping (after each system call): two clients posting 6 MB RecordIO
+        # bodies, /ping p99 21-28 ms at the default 5 ms, 13 ms at 1 ms, 7-10 ms at 1 ms with
+        # the pool threads' lower priority, 5.7-6.9 ms at 0.2 ms with it (and 15% more bodies
+        # answered). conv and MLP throughput did not move (benchmarks/run.py cells, A/B runs).
+        # onnxruntime releases the GIL, so model runs are unaffected.
         sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
         super().init_process()
 
