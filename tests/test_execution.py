@@ -63,8 +63,8 @@ class Model:
         return {"y": 2 * x, "total": x.sum(axis=1)}
 
     def cost(self, rows: int) -> float:
-        """What a run of ``rows`` costs on the virtual clock."""
-        return self.delay
+        """What a run of ``rows`` costs on the virtual clock (0 would read as unmeasured)."""
+        return self.delay or 1e-6
 
 
 def run_concurrently(
@@ -99,8 +99,9 @@ def test_concurrent_requests_share_runs_and_get_their_own_rows() -> None:
 
 
 def test_short_runs_stay_on_the_event_loop() -> None:
-    model = Model(delay=0)
-    executor = GeventExecutor(1, max_batch_rows=64, inline_limit=0.01)
+    clock = VirtualClock()
+    model = Model(delay=0, clock=clock)
+    executor = GeventExecutor(1, max_batch_rows=64, inline_limit=0.01, clock=clock)
     for seed in range(3):
         executor.run(model, {"x": rows(seed, 1)}, batchable=True)
     assert threading.get_ident() in model.threads  # measured as fast, then run inline
@@ -333,6 +334,15 @@ def test_a_batch_that_times_out_is_not_run_again_one_by_one() -> None:
     assert len(model.batches) <= 2  # the first lone run, then one batch; no reruns
 
 
+def wait_for_abandoned_runs(executor: GeventExecutor) -> None:
+    """Until the executor's abandoned runs have ended (at most 2 s: pool threads run at a
+    lower priority, and a busy machine wakes them late)."""
+    ends = time.monotonic() + 2
+    while executor.abandoned and time.monotonic() < ends:
+        gevent.sleep(0.01)
+    assert executor.abandoned == 0
+
+
 class Stuck:
     """A model whose runs wait until released, as a hook that hangs."""
 
@@ -358,8 +368,7 @@ def test_a_stuck_run_gives_its_slot_to_the_next_request() -> None:
         assert executor.can_serve
     finally:
         stuck.release.set()
-    gevent.sleep(0.1)  # the abandoned thread ends: its extra slot goes
-    assert executor.abandoned == 0
+    wait_for_abandoned_runs(executor)  # the abandoned thread ends: its extra slot goes
 
 
 def test_a_worker_with_too_many_stuck_runs_cannot_serve_and_asks_to_stop() -> None:
@@ -376,8 +385,7 @@ def test_a_worker_with_too_many_stuck_runs_cannot_serve_and_asks_to_stop() -> No
         assert exhausted == [True]
     finally:
         stuck.release.set()
-    gevent.sleep(0.1)
-    assert executor.abandoned == 0
+    wait_for_abandoned_runs(executor)
 
 
 class EndsWhenStopped:
@@ -399,10 +407,7 @@ def test_an_abandoned_run_is_asked_to_stop_and_gives_its_slot_back_when_it_does(
         feeds = {"x": rows(seed, 1)}
         with pytest.raises(RequestTimeout):
             within(0.05, lambda: executor.run(EndsWhenStopped(), feeds, batchable=False))  # noqa: B023
-        ends = time.monotonic() + 2
-        while executor.abandoned and time.monotonic() < ends:
-            gevent.sleep(0.01)
-        assert executor.abandoned == 0
+        wait_for_abandoned_runs(executor)
     assert executor.can_serve
 
 
@@ -466,12 +471,14 @@ def test_many_rows_of_a_tiny_model_let_the_loop_go_first() -> None:
     """What a run is expected to take is per row times rows: a request of many rows is no
     tiny run."""
     order: list[str] = []
+    clock = VirtualClock()
 
     def model(feeds: Feeds) -> Outputs:
         order.append("run")
+        clock.spend(1e-6 * len(feeds["x"]))
         return {"y": feeds["x"]}
 
-    executor = GeventExecutor(1, max_batch_rows=64, inline_limit=1.0)
+    executor = GeventExecutor(1, max_batch_rows=64, inline_limit=1.0, clock=clock)
     for _ in range(3):
         executor.run(model, {"x": rows(0, 1)}, batchable=False)
     per_row = executor._lanes[model].alone.per_row
