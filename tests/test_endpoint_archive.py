@@ -15,7 +15,17 @@ import pytest
 from serving.endpoint import archive as archive_module
 from serving.endpoint.archive import ArchiveError, Cancelled, extract
 from serving.endpoint.config import ConfigError, load
-from tests.endpoint import CSV, IRIS, invoke, launch, no_retries, running_endpoint
+from tests.endpoint import (
+    CSV,
+    IRIS,
+    READY,
+    START_TIMEOUT,
+    invoke,
+    launch,
+    no_retries,
+    running_endpoint,
+    wait_gone,
+)
 from tests.test_process import run_cli
 
 
@@ -167,6 +177,29 @@ def test_a_model_tar_gz_is_served_then_removed(tmp_path: Path) -> None:
         assert Path(extracted).is_relative_to(scratch)
         assert f"--model-dir {extracted} on 127.0.0.1" in api.log()
     assert api.process.returncode == 0
+    assert list(scratch.iterdir()) == []
+
+
+def test_what_a_killed_run_extracted_is_removed_at_the_next_start(tmp_path: Path) -> None:
+    """SIGKILL cannot be handled: the directory stays until the next start finds that no
+    running command holds it."""
+    path = iris_archive(tmp_path / "model.tar.gz")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    arguments, environ = ["iris", "--model-dir", str(path)], {"TMPDIR": str(scratch)}
+    killed = launch(arguments, tmp_path / "killed.log", environ)
+    try:
+        killed.wait_for_log(READY, timeout=START_TIMEOUT)
+        containers = killed.container_pids()
+    finally:
+        killed.process.kill()
+        killed.process.wait()
+    assert wait_gone(containers, timeout=30) == []
+    (left,) = scratch.iterdir()
+    assert (left / "iris.AllTraffic" / "model.onnx").exists()
+    with running_endpoint(arguments, tmp_path / "api.log", environ) as api:
+        assert f"removed {left}, left behind by a run that was killed" in api.log()
+        assert left not in list(scratch.iterdir())
     assert list(scratch.iterdir()) == []
 
 

@@ -7,7 +7,8 @@ That directory is this command's own, and lies inside the models directory
 (``.serving-endpoint-PID-RANDOM/NAME``): a container takes a load's ``url`` only inside its
 models root, which is the models directory (mounted at ``container_models_dir`` for a
 container that runs elsewhere). It is made on the first extraction and removed when the
-command stops. Each archive is checked member by member as a single-model variant's is
+command stops, or at the next start if the command was killed (:mod:`.held_directories`).
+Each archive is checked member by member as a single-model variant's is
 (:func:`.archive.extract`); one that is refused, or that is no tar archive, leaves nothing of
 it behind, and the next invocation tries it again (the file may have been replaced).
 
@@ -18,7 +19,6 @@ read again, as SageMaker keeps using the copy it downloaded (give a new model a 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
@@ -27,6 +27,7 @@ import tarfile
 from pathlib import Path
 
 from .archive import ArchiveError, Cancelled, extract
+from .held_directories import HeldDirectory, remove_abandoned
 
 log = logging.getLogger("serving.endpoint")
 
@@ -42,6 +43,8 @@ class Extractions:
         #: The directory's name in the models directory; made on the first extraction.
         self.name = f"{PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
         self.root = models_dir / self.name
+        self._held: HeldDirectory | None = None
+        remove_abandoned(models_dir, PREFIX)
         self._extracted: set[str] = set()
         self._running: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
@@ -78,17 +81,18 @@ class Extractions:
         if self._stopping:
             raise Cancelled
         destination = self.directory(name)
-        try:
-            self.root.mkdir(exist_ok=True)
-        except OSError as exc:
-            raise ArchiveError(f"{archive}: cannot be extracted: {exc}") from None
+        if self._held is None:
+            try:
+                self._held = HeldDirectory(self.root)
+            except OSError as exc:
+                raise ArchiveError(f"{archive}: cannot be extracted: {exc}") from None
         try:
             await asyncio.to_thread(self._extract_checked, archive, destination)
         except Exception:
             await asyncio.to_thread(shutil.rmtree, destination, True)
             if not self._extracted and len(self._running) <= 1:  # none but this one
-                with contextlib.suppress(OSError):
-                    self.root.rmdir()
+                self._held.remove()
+                self._held = None
             raise
         self._extracted.add(name)
         log.info("%s extracted to %s (removed at stop)", archive, destination)
@@ -107,4 +111,6 @@ class Extractions:
         self._stopping = True
         if self._running:
             await asyncio.wait(list(self._running.values()))
-        await asyncio.to_thread(shutil.rmtree, self.root, True)
+        if self._held is not None:
+            await asyncio.to_thread(self._held.remove)
+            self._held = None

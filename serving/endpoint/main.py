@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import shutil
+import secrets
 import signal
 import sys
 import tempfile
@@ -18,10 +18,15 @@ from .archive import ArchiveError, Cancelled, extract
 from .config import EndpointConfig
 from .connection import Connections
 from .containers import StartFailed, Variant
+from .held_directories import HeldDirectory, remove_abandoned
 from .service import Service
 from .settings import EndpointSettings
 
 log = logging.getLogger("serving.endpoint")
+
+#: How the directories that variants' model.tar.gz are extracted into begin (in the
+#: temporary directory).
+SCRATCH_PREFIX = "serving-endpoint-"
 
 FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 
@@ -51,10 +56,16 @@ async def _serve(settings: EndpointSettings, configs: tuple[EndpointConfig, ...]
         loop.add_signal_handler(signum, stop.set)
     if all(variant.model_archive is None for config in configs for variant in config.variants):
         return await _run(settings, configs, stop)
-    scratch = Path(tempfile.mkdtemp(prefix="serving-endpoint-"))
+    temporary = Path(tempfile.gettempdir())
+    remove_abandoned(temporary, SCRATCH_PREFIX)
+    try:
+        scratch = HeldDirectory(temporary / f"{SCRATCH_PREFIX}{secrets.token_hex(8)}")
+    except OSError as exc:
+        log.error("cannot make a directory to extract model.tar.gz into: %s", exc)
+        return 2
     try:
         try:
-            configs = await _extract(configs, scratch, stop)
+            configs = await _extract(configs, scratch.path, stop)
         except ArchiveError as exc:
             log.error("%s", exc)
             return 2
@@ -62,7 +73,7 @@ async def _serve(settings: EndpointSettings, configs: tuple[EndpointConfig, ...]
             return 0
         return await _run(settings, configs, stop)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.remove()
 
 
 async def _extract(
