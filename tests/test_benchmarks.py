@@ -82,3 +82,13 @@ def test_the_scaling_report_gives_each_cell_its_ratio() -> None:
         in report
     )
     assert "mlp application/x-npy 3.0 ms" in report
+
+
+def test_the_app_overhead_benchmark_runs() -> None:
+    """A small run of benchmarks/app_overhead.py: each row has its figures."""
+    command = [sys.executable, "benchmarks/app_overhead.py", "--models", "logreg", "mlp"]
+    command += ["--requests", "20"]
+    done = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True, timeout=99)
+    rows = [line for line in done.stdout.splitlines() if line.startswith(("| logreg", "| mlp"))]
+    assert len(rows) == 2
+    assert all(row.count(" µs") == 4 for row in rows), rows
