@@ -356,9 +356,15 @@ def test_mangled_npy_headers_decode_or_are_refused() -> None:
         np.arange(12, dtype=np.int32).reshape(3, 4)[:, ::2],  # not contiguous
         np.asfortranarray(np.arange(12, dtype=np.float64).reshape(3, 4)),
         np.float32(2.5),
+        np.zeros(3, dtype=[("a", "<f4"), ("b", "<i8")]),  # structured
+        np.array(["ab", "c"]),
+        np.array(["2026-12-03", "NaT"], dtype="datetime64[s]"),  # no buffer of its own
+        np.array([1, 2], dtype="timedelta64[ms]"),
+        np.zeros(2, np.complex64),
     ],
 )
 def test_npy_responses_are_what_np_save_writes(array: np.ndarray) -> None:
     buffer = io.BytesIO()
     np.save(buffer, array)
     assert NpyCodec().encode({"y": array}) == buffer.getvalue()
+    assert NpyCodec().encode({"y": array}) == buffer.getvalue()  # its header kept, the same
