@@ -116,10 +116,10 @@ class GeventExecutor:
             return self._execute(runner, lane, feeds, rows)
         request = Request(feeds, rows, key_of(feeds))
         lane.pending.append(request)
-        if lane.dispatchers < self.concurrency:
-            lane.dispatchers += 1
-            request.turn.set()
         try:
+            if lane.dispatchers < self.concurrency:  # the turn is this request's at once
+                lane.dispatchers += 1
+                self._dispatch(runner, lane)
             while not request.result.ready():
                 gevent.wait([request.result, request.turn], count=1)
                 if request.result.ready():
