@@ -24,10 +24,11 @@ path can be compared without the noise of the machine (median of ``--rounds``, i
 default, http.client's way, sends the body with a second one, which takes the API and the
 container a second wakeup for the body of most requests).
 
-``--stacks`` also measures two minimal forwarding proxies that do nothing but forward (no
-validation, no variants), the other candidates for the API's HTTP stack: the standard
+``--stacks`` also measures minimal forwarding proxies that do nothing but forward (no
+validation, no variants): the other candidates for the API's HTTP stack (the standard
 library's ``ThreadingHTTPServer`` with ``http.client``, and gevent's ``pywsgi`` with a pooled
-``http.client`` on gevent's sockets.
+``http.client`` on gevent's sockets), and the floors, which forward with no HTTP at all (an
+asyncio byte pipe, and ``socat`` when it is installed). ``--stacks NAME ...`` picks some.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from shutil import which
 from typing import Any
 
 import numpy as np
@@ -60,10 +62,14 @@ ENDPOINT = "bench"
 
 
 def cpu_seconds(pids: list[int]) -> float:
+    """CPU time of these processes, and of the children they have waited for."""
     total = 0
     for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # a child that just ended: its parent has its time
+            continue
+        total += sum(map(int, fields[11:15]))  # utime, stime, cutime, cstime
     return total / TICK
 
 
@@ -207,7 +213,7 @@ async def in_process(count: int, rounds: int) -> list[float]:
     return results[1:]
 
 
-# --- the other candidate stacks, as minimal forwarding proxies ------------------------------
+# --- the other candidate stacks and the floors, as minimal forwarding proxies --------------
 
 STDLIB_PROXY = r"""
 import http.client, sys, threading
@@ -254,16 +260,48 @@ WSGIServer(("127.0.0.1", port), app, log=None).serve_forever()
 """
 
 
+# The floors: what forwarding costs with no HTTP at all, each client connection piped byte for
+# byte to a connection of its own to the container, in asyncio and in C (socat, a process per
+# connection).
+ASYNCIO_PIPE = r"""
+import asyncio, sys
+port, upstream = int(sys.argv[1]), int(sys.argv[2])
+class Pipe(asyncio.Protocol):
+    def __init__(self, peer=None): self.peer = peer
+    def connection_made(self, transport): self.transport = transport
+    def data_received(self, data): self.peer.transport.write(data)
+    def connection_lost(self, exc):
+        if self.peer is not None: self.peer.transport.close()
+class Client(Pipe):
+    def connection_made(self, transport):
+        super().connection_made(transport); transport.pause_reading()
+        asyncio.ensure_future(self.connect())
+    async def connect(self):
+        loop = asyncio.get_running_loop()
+        _, self.peer = await loop.create_connection(lambda: Pipe(self), "127.0.0.1", upstream)
+        self.transport.resume_reading()
+async def main():
+    server = await asyncio.get_running_loop().create_server(Client, "127.0.0.1", port)
+    await server.serve_forever()
+asyncio.run(main())
+"""
+
+STACKS = ["stdlib", "gevent pywsgi", "asyncio byte pipe"] + (["socat"] if which("socat") else [])
+
+
 def start_proxy(stack: str, upstream: int) -> tuple[subprocess.Popen[bytes], int, str]:
     port = free_port()
+    path = "/invocations"
     if stack == "serving endpoint":
         command = [sys.executable, "-m", "serving", "endpoint", ENDPOINT, "--port", str(port)]
         command += ["--container-url", f"http://127.0.0.1:{upstream}", "--log-level", "WARNING"]
         path = f"/endpoints/{ENDPOINT}/invocations"
+    elif stack == "socat":
+        listen = f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork"
+        command = ["socat", listen, f"TCP:127.0.0.1:{upstream},nodelay"]
     else:
-        code = STDLIB_PROXY if stack == "stdlib" else GEVENT_PROXY
+        code = {"stdlib": STDLIB_PROXY, "gevent pywsgi": GEVENT_PROXY}.get(stack, ASYNCIO_PIPE)
         command = [sys.executable, "-c", code, str(port), str(upstream)]
-        path = "/invocations"
     process = subprocess.Popen(command, env=clean_environ())
     wait_for(port, path, "POST", b"1,2,3,4\n")
     return process, port, path
@@ -292,10 +330,11 @@ def measure(
         before = cpu_seconds(tree(container))
         direct()
         direct_cpu.append(cpu_seconds(tree(container)) - before)
-        before_container, before_proxy = cpu_seconds(tree(container)), cpu_seconds([proxy])
+        before_container, before_proxy = cpu_seconds(tree(container)), cpu_seconds(tree(proxy))
         proxied()
+        time.sleep(0.2)  # socat's process for the connection ends, and is waited for
         through_container.append(cpu_seconds(tree(container)) - before_container)
-        through_proxy.append(cpu_seconds([proxy]) - before_proxy)
+        through_proxy.append(cpu_seconds(tree(proxy)) - before_proxy)
     return {
         "direct": statistics.median(direct_cpu),
         "container": statistics.median(through_container),
@@ -308,7 +347,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=4000, help="small requests a phase")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--stacks", action="store_true", help="also the other candidate stacks")
+    parser.add_argument(
+        "--stacks",
+        nargs="*",
+        choices=STACKS,
+        help="also these stacks (all of them when none is named)",
+    )
     parser.add_argument(
         "--joined",
         action="store_true",
@@ -342,7 +386,8 @@ def main() -> None:
     command = [sys.executable, "-m", "serving", "serve", "--model-dir", str(IRIS), "--host"]
     command += ["127.0.0.1", "--port", str(port), "--workers", "1", "--inference-threads", "1"]
     container = subprocess.Popen(command, env=clean_environ(), stderr=subprocess.DEVNULL)
-    stacks = ["serving endpoint"] + (["stdlib", "gevent pywsgi"] if arguments.stacks else [])
+    others = arguments.stacks or (STACKS if arguments.stacks is not None else [])
+    stacks = ["serving endpoint", *others]
     rows = []
     try:
         wait_for(port, "/ping")

@@ -92,3 +92,16 @@ def test_the_app_overhead_benchmark_runs() -> None:
     rows = [line for line in done.stdout.splitlines() if line.startswith(("| logreg", "| mlp"))]
     assert len(rows) == 2
     assert all(row.count(" µs") == 4 for row in rows), rows
+
+
+def test_the_endpoint_benchmark_runs_with_its_floor() -> None:
+    """A small run of benchmarks/endpoint.py, the API and the asyncio byte pipe beside it:
+    each forwards the requests (a failed one stops the script) and each row has its figures."""
+    command = [sys.executable, "benchmarks/endpoint.py", "--requests", "80", "--rounds", "1"]
+    command += ["--clients", "1", "--stacks", "asyncio byte pipe"]
+    done = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True, timeout=99)
+    table = done.stdout.split("\n\n")[-1]
+    rows = [line for line in table.splitlines() if line.startswith("| serving endpoint |")]
+    rows += [line for line in table.splitlines() if line.startswith("| asyncio byte pipe |")]
+    assert len(rows) == 4, table
+    assert all(len(row.strip("|").split("|")) == 6 and "**" in row for row in rows), rows
