@@ -226,23 +226,24 @@ class SocketBody:
         self._received = self._received[len(head) :]
         if head and self.reserve is not None:
             self.reserve(len(head))
-        parts: list[bytes | memoryview] = []
+        parts: list[bytes] = []
         got = len(head)
         while got < size:
             part_size = min(size - got, max(MIN_PART_BYTES, waiting_bytes(self.socket)))
             if self.reserve is not None:
                 self.reserve(part_size)
-            part = memoryview(bytearray(part_size))
             filled = 0
-            while filled < part_size and (count := self.socket.recv_into(part[filled:])):
-                filled += count
-                self._received_from_socket(count)
-            parts.append(part[:filled])
+            # recv, not recv_into a bytearray: its bytes are not zeroed first, and a body
+            # received in one piece is handed on as it is, not copied by the join
+            while filled < part_size and (piece := self.socket.recv(part_size - filled)):
+                filled += len(piece)
+                self._received_from_socket(len(piece))
+                parts.append(piece)
             got += filled
             if filled < part_size:
                 break  # the peer stopped sending
         self.left -= got
-        return b"".join([head, *parts]) if parts else head
+        return b"".join([head, *parts]) if head else b"".join(parts)
 
     def drain(self) -> bool:
         """Read and drop what is left of the body; ``False`` if the peer stopped sending first."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
 
 import models
 import run
+import spread
 
 from tests.wire import run_onnxruntime
 
@@ -105,3 +108,28 @@ def test_the_endpoint_benchmark_runs_with_its_floor() -> None:
     rows += [line for line in table.splitlines() if line.startswith("| asyncio byte pipe |")]
     assert len(rows) == 4, table
     assert all(len(row.strip("|").split("|")) == 6 and "**" in row for row in rows), rows
+
+
+def test_the_spread_counts_what_a_process_used() -> None:
+    """``usage`` reads this process (its threads too) and grows as it works."""
+    before = spread.usage(os.getpid())
+    deadline = time.process_time() + 0.05
+    while time.process_time() < deadline:
+        pass
+    used = spread.usage(os.getpid()) - before
+    assert used.user + used.system >= 20_000  # µs of the 50,000 spent: ticks are coarse
+
+
+def test_the_spread_report_pairs_each_round() -> None:
+    """Ratios are taken within a round; shares against that round's limit."""
+
+    def sample(number: int, server: str, rate: float) -> spread.Sample:
+        return spread.Sample(number, server, 8, rate, 1.0, spread.Usage(500.0, 200.0), 0)
+
+    samples = [sample(0, spread.SERVERS[0], 1000), sample(0, spread.SERVERS[1], 500)]
+    samples += [sample(1, spread.SERVERS[0], 1200), sample(1, spread.SERVERS[1], 800)]
+    table = spread.report(samples, [2000.0, 2000.0], [8])
+    ours = next(line for line in table.splitlines() if line.startswith("| this server | 8 |"))
+    assert "| 1,100 (1,000-1,200) |" in ours
+    assert "| 55 (50-60)% |" in ours
+    assert "| 1.75 (1.50-2.00)\N{MULTIPLICATION SIGN} |" in ours
