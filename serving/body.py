@@ -226,24 +226,37 @@ class SocketBody:
         self._received = self._received[len(head) :]
         if head and self.reserve is not None:
             self.reserve(len(head))
-        parts: list[bytes] = []
+        parts: list[bytes | memoryview] = []
         got = len(head)
         while got < size:
             part_size = min(size - got, max(MIN_PART_BYTES, waiting_bytes(self.socket)))
             if self.reserve is not None:
                 self.reserve(part_size)
-            filled = 0
-            # recv, not recv_into a bytearray: its bytes are not zeroed first, and a body
-            # received in one piece is handed on as it is, not copied by the join
-            while filled < part_size and (piece := self.socket.recv(part_size - filled)):
-                filled += len(piece)
-                self._received_from_socket(len(piece))
-                parts.append(piece)
-            got += filled
-            if filled < part_size:
+            part = self._receive_part(part_size)
+            parts.append(part)
+            got += len(part)
+            if len(part) < part_size:
                 break  # the peer stopped sending
         self.left -= got
+        # a body received in one piece is handed on as it is: a lone bytes is not copied
         return b"".join([head, *parts]) if head else b"".join(parts)
+
+    def _receive_part(self, size: int) -> bytes | memoryview:
+        """``size`` bytes from the socket, fewer only if the peer stopped sending. One
+        ``recv`` when the kernel holds them all (the usual case: its bytes are not zeroed
+        first, as a bytearray's are); else gathered into one buffer, so that a body sent in
+        tiny pieces is still held in few objects."""
+        first: bytes = self.socket.recv(size)
+        self._received_from_socket(len(first))
+        if len(first) == size or not first:
+            return first
+        part = memoryview(bytearray(size))
+        part[: len(first)] = first
+        filled = len(first)
+        while filled < size and (count := self.socket.recv_into(part[filled:])):
+            filled += count
+            self._received_from_socket(count)
+        return part[:filled]
 
     def drain(self) -> bool:
         """Read and drop what is left of the body; ``False`` if the peer stopped sending first."""

@@ -167,6 +167,23 @@ def test_a_body_that_keeps_arriving_slowly_is_not_cut(
     assert RequestBody(gunicorn_body(server, 5000, b""), 5000, limits).whole() == BODY[:5000]
 
 
+def test_a_part_the_kernel_holds_is_one_recv_and_tiny_pieces_are_gathered(
+    sockets: tuple[socket.socket, socket.socket],
+) -> None:
+    """A part already received by the kernel comes from one ``recv``, as the bytes it made;
+    one sent in tiny pieces is gathered into one buffer, not held as a bytes per piece."""
+    client, server = sockets
+    client.sendall(BODY[:5000])
+    time.sleep(0.05)
+    whole = SocketBody(b"", server, 5000)._receive_part(5000)
+    assert type(whole) is bytes
+    assert whole == BODY[:5000]
+    send_slowly(client, [BODY[i : i + 100] for i in range(0, 5000, 100)], pause=0.002)
+    gathered = SocketBody(b"", server, 5000)._receive_part(5000)
+    assert isinstance(gathered, memoryview)
+    assert gathered == BODY[:5000]
+
+
 def test_a_body_holds_memory_for_what_arrived_not_what_it_declares(
     sockets: tuple[socket.socket, socket.socket],
 ) -> None:
