@@ -81,8 +81,14 @@ class Sample:
     steal_ticks: int
 
 
-def measure(server: run.Server, cell: tuple[str, str, str], clients: int, body: Path, seconds: int,
-            number: int) -> Sample:  # fmt: skip
+def measure(
+    server: run.Server,
+    cell: tuple[str, str, str],
+    clients: int,
+    body: Path,
+    seconds: int,
+    number: int,
+) -> Sample:
     _model, content_type, accept = cell
     run.wrk(server.port, body, content_type, accept, clients, 2)  # warm up
     before, steal = usage(server.process.pid), steal_ticks()
@@ -90,8 +96,15 @@ def measure(server: run.Server, cell: tuple[str, str, str], clients: int, body: 
     used = usage(server.process.pid) - before
     requests = load.requests_per_second * seconds
     per = Usage(*(getattr(used, f) / requests for f in Usage.__annotations__))
-    return Sample(number, server.name, clients, load.requests_per_second, load.p99_ms, per,
-                  steal_ticks() - steal)  # fmt: skip
+    return Sample(
+        number,
+        server.name,
+        clients,
+        load.requests_per_second,
+        load.p99_ms,
+        per,
+        steal_ticks() - steal,
+    )
 
 
 def spread(values: list[float], digits: int = 0) -> str:
