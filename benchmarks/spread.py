@@ -135,8 +135,10 @@ def report(samples: list[Sample], limits: list[float], clients: list[int]) -> st
                 + f"{spread([p.waiting for p in per])} |"
             )
     lines.append("")
-    lines.append(f"In-process limit (decode + run + encode, fresh body): {spread(limits)} /s. "
-                 "Each cell: median (lowest-highest) over the rounds.")  # fmt: skip
+    lines.append(
+        f"In-process limit (decode + run + encode, fresh body): {spread(limits)} /s. "
+        "Each cell: median (lowest-highest) over the rounds."
+    )
     return "\n".join(lines)
 
 
@@ -169,12 +171,15 @@ def main() -> None:
                     sample = measure(server, cell, clients, body_file, arguments.seconds, number)
                     samples.append(sample)
                     per = sample.per_request
-                    print(f"round {number} {name} c={clients}: {sample.rate:,.0f}/s "
-                          f"(limit {limits[-1]:,.0f}), user {per.user:.0f} system "
-                          f"{per.system:.0f} µs, faults {per.faults:.1f}, "
-                          f"switches {per.voluntary:.2f} / "
-                          f"{per.involuntary:.2f}, waiting {per.waiting:.0f} µs, "
-                          f"steal {sample.steal_ticks} ticks", flush=True)  # fmt: skip
+                    print(
+                        f"round {number} {name} c={clients}: {sample.rate:,.0f}/s "
+                        f"(limit {limits[-1]:,.0f}), user {per.user:.0f} system "
+                        f"{per.system:.0f} µs, faults {per.faults:.1f}, "
+                        f"switches {per.voluntary:.2f} / "
+                        f"{per.involuntary:.2f}, waiting {per.waiting:.0f} µs, "
+                        f"steal {sample.steal_ticks} ticks",
+                        flush=True,
+                    )
     samples.sort(key=lambda s: s.round)
     print()
     print(report(samples, limits, arguments.clients))
