@@ -10,7 +10,9 @@ answer read, in this process pinned to one CPU. So the figures say what the requ
 own code costs (decode, admission, the executor, encode, the app's glue), without the noise of
 the machine's network and scheduling that ``benchmarks/run.py`` measures too. onnxruntime
 alone is timed on the request's array kept hot in the cache, and on a fresh copy of the body
-each time (as a server receives it).
+each time (as a server receives it). ``--bodies N``: the app's requests take N distinct
+copies of the body in turn, as a server holding N bodies at once does (their memory then
+leaves the CPU's caches between uses).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import itertools
 import os
 import pstats
 import sys
@@ -51,8 +54,10 @@ def cpu_per_call(function: Callable[[], Any], calls: int) -> float:
     return (time.process_time() - started) / calls * 1e6
 
 
-def request(model_dir: Path, body: bytes) -> Callable[[], None]:
-    """One ``POST /invocations`` of ``body`` through the app for ``model_dir``, as a call."""
+def request(model_dir: Path, body: bytes, bodies: int = 1) -> Callable[[], None]:
+    """One ``POST /invocations`` of ``body`` through the app for ``model_dir``, as a call;
+    each call takes the next of ``bodies`` distinct copies of it, as a server holding that
+    many bodies at once does."""
     app = create_app(Settings.from_sources({}, {"model_dir": str(model_dir)}, cpus=1))
     load_model(app)
     headers = [("Content-Type", NPY), ("Accept", NPY)]
@@ -65,16 +70,19 @@ def request(model_dir: Path, body: bytes) -> Callable[[], None]:
             raise RuntimeError(f"the app answered {status}")
         return lambda _data: None
 
+    copies = [bytes(bytearray(body)) for _ in range(bodies)]
+    turn = itertools.cycle(copies)
+
     def one() -> None:
         environ = dict(template)
-        environ["wsgi.input"] = io.BytesIO(body)
+        environ["wsgi.input"] = io.BytesIO(next(turn))
         for _chunk in app(environ, start_response):
             pass
 
     return one
 
 
-def measure(name: str, work: Path, calls: int) -> dict[str, float]:
+def measure(name: str, work: Path, calls: int, bodies: int = 1) -> dict[str, float]:
     """CPU per request through the app and of onnxruntime alone, for model ``name``."""
     path = models.BUILDERS[name](work / name / "model.onnx")
     array = models.input_array(name)
@@ -91,7 +99,7 @@ def measure(name: str, work: Path, calls: int) -> dict[str, float]:
         )
 
     return {
-        "app": cpu_per_call(request(path.parent, body), calls),
+        "app": cpu_per_call(request(path.parent, body, bodies), calls),
         "run, hot input": cpu_per_call(lambda: session.run(None, {"x": array}), calls),
         "run, fresh body": cpu_per_call(fresh, calls),
     }
@@ -102,6 +110,9 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(models.BUILDERS))
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--profile", action="store_true", help="also cProfile the app's path")
+    parser.add_argument(
+        "--bodies", type=int, default=1, help="distinct bodies the app's requests take in turn"
+    )
     arguments = parser.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
@@ -109,7 +120,7 @@ def main() -> None:
     print("| model (.npy in, .npy out) | the app | run, hot input | run, fresh body | app - run |")
     print("|---|---|---|---|---|")
     for name in arguments.models:
-        cpu = measure(name, work, arguments.requests)
+        cpu = measure(name, work, arguments.requests, arguments.bodies)
         print(
             f"| {name} | {cpu['app']:.0f} µs | {cpu['run, hot input']:.0f} µs "
             f"| {cpu['run, fresh body']:.0f} µs | {cpu['app'] - cpu['run, fresh body']:.0f} µs |",

@@ -43,8 +43,8 @@ class Usage:
     user: float = 0.0
     system: float = 0.0
     faults: float = 0.0
-    voluntary: int = 0
-    involuntary: int = 0
+    voluntary: float = 0.0
+    involuntary: float = 0.0
     waiting: float = 0.0
 
     def __sub__(self, other: Usage) -> Usage:

@@ -90,7 +90,7 @@ def test_the_scaling_report_gives_each_cell_its_ratio() -> None:
 def test_the_app_overhead_benchmark_runs() -> None:
     """A small run of benchmarks/app_overhead.py: each row has its figures."""
     command = [sys.executable, "benchmarks/app_overhead.py", "--models", "logreg", "mlp"]
-    command += ["--requests", "20"]
+    command += ["--requests", "20", "--bodies", "3"]
     done = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True, timeout=99)
     rows = [line for line in done.stdout.splitlines() if line.startswith(("| logreg", "| mlp"))]
     assert len(rows) == 2
@@ -133,3 +133,12 @@ def test_the_spread_report_pairs_each_round() -> None:
     assert "| 1,100 (1,000-1,200) |" in ours
     assert "| 55 (50-60)% |" in ours
     assert "| 1.75 (1.50-2.00)\N{MULTIPLICATION SIGN} |" in ours
+
+
+@pytest.mark.parametrize("with_head", [0, 65_000])
+def test_the_receive_benchmark_gets_each_body_back(with_head: int) -> None:
+    """benchmarks/receive.py checks each body it receives against the one sent."""
+    command = [sys.executable, "benchmarks/receive.py", "--bodies", "20"]
+    command += ["--with-head", str(with_head)]
+    done = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True, timeout=99)
+    assert done.stdout.endswith(f"body ({with_head:,} with the head)\n"), done.stdout

@@ -174,11 +174,11 @@ def test_a_part_the_kernel_holds_is_one_recv_and_tiny_pieces_are_gathered(
     one sent in tiny pieces is gathered into one buffer, not held as a bytes per piece."""
     client, server = sockets
     client.sendall(BODY[:5000])
-    time.sleep(0.05)
     whole = SocketBody(b"", server, 5000)._receive_part(5000)
     assert type(whole) is bytes
     assert whole == BODY[:5000]
-    send_slowly(client, [BODY[i : i + 100] for i in range(0, 5000, 100)], pause=0.002)
+    client.sendall(BODY[:100])  # the first piece is all the kernel holds when it is read
+    send_slowly(client, [BODY[i : i + 100] for i in range(100, 5000, 100)], pause=0.002)
     gathered = SocketBody(b"", server, 5000)._receive_part(5000)
     assert isinstance(gathered, memoryview)
     assert gathered == BODY[:5000]
