@@ -99,13 +99,15 @@ def wait_healthy(port: int, process: subprocess.Popen[bytes], timeout: float = 6
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}")
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
         try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
             connection.request("GET", "/ping")
             if connection.getresponse().status == 200:
                 return
         except OSError:
             pass
+        finally:
+            connection.close()
         time.sleep(0.01)
     raise RuntimeError("server not healthy")
 
@@ -117,15 +119,20 @@ def start(
     log: Path,
     cpus: tuple[int, ...] = (SERVER_CPU,),
     byo_workers: int = 1,
+    source: Path | None = None,
 ) -> Iterator[Server]:
     """``name``'s server for the model in ``model_dir`` on ``cpus``: this one starts a worker
-    per CPU it is given, the hand-written app ``byo_workers``."""
+    per CPU it is given, the hand-written app ``byo_workers``. ``source``, for this server: a
+    checkout whose ``serving`` and ``handlers`` are imported instead of the installed ones (an
+    A/B against another commit)."""
     port = free_port()
     if name == "this server":
         command = [sys.executable, "-m", "serving", "serve", "--model-dir", str(model_dir)]
         command += ["--host", "127.0.0.1", "--port", str(port)]
         # Without the example plugin the tests install here: a production image has none.
         environ = {**os.environ, "SERVING_CODEC_PLUGINS": "none"}
+        if source is not None:
+            environ["PYTHONPATH"] = str(source)
     else:
         # --http-parser python: a plain `pip install gunicorn` has no C parser (this venv does)
         command = [
@@ -143,9 +150,10 @@ def start(
         environ = {**os.environ, "MODEL_PATH": str(model_dir / "model.onnx")}
     started = time.monotonic()
     with log.open("wb") as log_file:
+        # From source's folder: `python -m` puts the working folder first on the path.
         process = subprocess.Popen(
             command, stdout=log_file, stderr=subprocess.STDOUT, env=environ,
-            preexec_fn=pin(*cpus),
+            preexec_fn=pin(*cpus), cwd=source,
         )  # fmt: skip
     try:
         wait_healthy(port, process)

@@ -3,6 +3,10 @@ per request: the spread of the ratio, and what makes a server's rate swing betwe
 
     .venv/bin/python benchmarks/spread.py                      # conv .npy, 6 rounds
     .venv/bin/python benchmarks/spread.py --model mlp --rounds 4 --seconds 5
+    .venv/bin/python benchmarks/spread.py --against /tmp/old   # this server at another commit
+
+``--against DIR`` puts this server as imported from ``DIR`` (a ``git worktree`` of another
+commit, say) in the hand-written app's place: an A/B of two versions of the request path.
 
 Each round measures the in-process limit (decode + run + encode on a fresh body), then both
 servers, in turn (which goes first alternates), at each client count, with ``benchmarks/run.py``'s
@@ -32,6 +36,7 @@ import run  # noqa: E402
 from tests.server import children  # noqa: E402
 
 SERVERS = ("this server", "hand-written BYO")
+OURS = SERVERS[0]
 TICK_US = 1e6 / os.sysconf("SC_CLK_TCK")  # /proc/PID/stat counts in clock ticks
 
 
@@ -112,22 +117,24 @@ def spread(values: list[float], digits: int = 0) -> str:
     return f"{middle:,.{digits}f} ({low:,.{digits}f}-{high:,.{digits}f})"
 
 
-def report(samples: list[Sample], limits: list[float], clients: list[int]) -> str:
+def report(
+    samples: list[Sample], limits: list[float], clients: list[int], servers: tuple[str, str]
+) -> str:
     lines = [
         "| server | clients | req/s | % of the limit | ratio | user µs | system µs | page faults "
         "| voluntary / involuntary switches | runnable waiting µs |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for count in clients:
-        ours = [s for s in samples if s.server == SERVERS[0] and s.clients == count]
-        byo = [s for s in samples if s.server == SERVERS[1] and s.clients == count]
-        ratios = [a.rate / b.rate for a, b in zip(ours, byo, strict=True)]
-        for name, rows in ((SERVERS[0], ours), (SERVERS[1], byo)):
+        ours = [s for s in samples if s.server == servers[0] and s.clients == count]
+        other = [s for s in samples if s.server == servers[1] and s.clients == count]
+        ratios = [a.rate / b.rate for a, b in zip(ours, other, strict=True)]
+        for name, rows in ((servers[0], ours), (servers[1], other)):
             share = [100 * s.rate / limit for s, limit in zip(rows, limits, strict=True)]
             per = [s.per_request for s in rows]
             lines.append(
                 f"| {name} | {count} | {spread([s.rate for s in rows])} | {spread(share)}% | "
-                + (f"{spread(ratios, 2)}× | " if name == SERVERS[0] else "| ")
+                + (f"{spread(ratios, 2)}× | " if name == servers[0] else "| ")
                 + f"{spread([p.user for p in per])} | {spread([p.system for p in per])} | "
                 + f"{spread([p.faults for p in per], 1)} | "
                 + f"{spread([p.voluntary for p in per], 2)} / "
@@ -149,7 +156,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=int, default=6, help="measured seconds per cell")
     parser.add_argument("--clients", type=int, nargs="+", default=[8, 64])
+    parser.add_argument(
+        "--against",
+        type=Path,
+        metavar="DIR",
+        help="compare with this server as imported from DIR, instead of the hand-written app",
+    )
     arguments = parser.parse_args()
+    sources: dict[str, Path | None] = {OURS: None}
+    if arguments.against is None:
+        sources[SERVERS[1]] = None
+    else:
+        sources[f"{OURS} from {arguments.against}"] = arguments.against.resolve()
+    servers = (OURS, list(sources)[1])
     cell = (arguments.model, arguments.content_type, arguments.content_type)
     work = Path(tempfile.mkdtemp(prefix="serving-spread-"))
     model_dir = work / arguments.model
@@ -164,16 +183,20 @@ def main() -> None:
     for number in range(arguments.rounds):
         rates = run.in_process(model_dir / "model.onnx", array, body, arguments.content_type, 2)
         limits.append(rates["limit, fresh body"])
-        order = SERVERS if number % 2 == 0 else SERVERS[::-1]
-        for name in order:
-            with run.start(name, model_dir, work / f"{number}-{name[:4]}.log") as server:
+        order = servers if number % 2 == 0 else servers[::-1]
+        for label in order:
+            log = work / f"{number}-{servers.index(label)}.log"
+            kind = OURS if label.startswith(OURS) else label
+            with run.start(kind, model_dir, log, source=sources[label]) as server:
+                server.name = label
                 for clients in arguments.clients:
                     sample = measure(server, cell, clients, body_file, arguments.seconds, number)
                     samples.append(sample)
                     per = sample.per_request
                     print(
-                        f"round {number} {name} c={clients}: {sample.rate:,.0f}/s "
-                        f"(limit {limits[-1]:,.0f}), user {per.user:.0f} system "
+                        f"round {number} {label} c={clients}: {sample.rate:,.0f}/s "
+                        f"(limit {limits[-1]:,.0f}), p99 {sample.p99_ms:.1f} ms, "
+                        f"user {per.user:.0f} system "
                         f"{per.system:.0f} µs, faults {per.faults:.1f}, "
                         f"switches {per.voluntary:.2f} / "
                         f"{per.involuntary:.2f}, waiting {per.waiting:.0f} µs, "
@@ -182,7 +205,7 @@ def main() -> None:
                     )
     samples.sort(key=lambda s: s.round)
     print()
-    print(report(samples, limits, arguments.clients))
+    print(report(samples, limits, arguments.clients, servers))
 
 
 if __name__ == "__main__":

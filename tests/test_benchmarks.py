@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -128,11 +129,27 @@ def test_the_spread_report_pairs_each_round() -> None:
 
     samples = [sample(0, spread.SERVERS[0], 1000), sample(0, spread.SERVERS[1], 500)]
     samples += [sample(1, spread.SERVERS[0], 1200), sample(1, spread.SERVERS[1], 800)]
-    table = spread.report(samples, [2000.0, 2000.0], [8])
+    table = spread.report(samples, [2000.0, 2000.0], [8], spread.SERVERS)
     ours = next(line for line in table.splitlines() if line.startswith("| this server | 8 |"))
     assert "| 1,100 (1,000-1,200) |" in ours
     assert "| 55 (50-60)% |" in ours
     assert "| 1.75 (1.50-2.00)\N{MULTIPLICATION SIGN} |" in ours
+
+
+def test_a_server_from_another_checkout_imports_its_code(tmp_path: Path) -> None:
+    """``run.start(source=...)`` (``spread.py --against``) serves the checkout's code, not the
+    installed one, wherever the benchmark is started from."""
+    source = tmp_path / "checkout"
+    for package in ("serving", "handlers"):
+        shutil.copytree(ROOT / package, source / package)
+    with (source / "serving" / "__init__.py").open("a") as init:
+        init.write("\nimport sys\nsys.stderr.write('serving imported from the checkout\\n')\n")
+    model_dir = tmp_path / "model"
+    models.logistic_regression(model_dir / "model.onnx")
+    log = tmp_path / "server.log"
+    with run.start("this server", model_dir, log, source=source):
+        pass
+    assert "serving imported from the checkout" in log.read_text()
 
 
 @pytest.mark.parametrize("with_head", [0, 65_000])
