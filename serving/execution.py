@@ -13,8 +13,8 @@ is answered first), then takes the oldest request and every compatible one queue
 (same names, dtypes and shapes past the first axis) up to ``max_batch_rows`` rows, runs them
 as one, and splits the outputs back by row counts. An idle server runs each request alone with
 no added delay; a loaded one batches as much as the load gives. ``max_delay`` (off by default)
-holds a partial batch back to gather more. Batching stops for models whose batches, joining
-their inputs included, cost no less per row than lone runs
+holds a partial batch back to gather more. Batching stops for models that a busy worker serves
+no faster in batches than one by one, measured as it serves them
 (:meth:`serving.lanes.Lane.batch_rows`).
 
 **Fairness.** Waiting for the idle loop before each run also keeps the loop polling: run back
@@ -190,16 +190,9 @@ class GeventExecutor:
         feeds: Feeds,
         rows: int,
         together: bool = False,
-        joined: float | None = None,
     ) -> Outputs:
-        """One run, inline if it should be short, else in a pool thread; updates the estimate
-        with the run's time, or for a batch with the time from ``joined`` (before its inputs
-        were joined) to its outputs, as the event loop sees it.
-
-        Joining copies the inputs, and a batch run in a thread takes longer while the loop
-        keeps the same CPU busy: timed by itself, a conv net's batch cost no more per row than
-        its lone runs, and serving it in batches ran 25% slower.
-        """
+        """One run, inline if it should be short, else in a pool thread; updates the run's
+        estimate (lone or batched) with the time it took."""
         estimate = lane.together if together else lane.alone
         per_row = estimate.per_row or lane.alone.per_row
         # Unmeasured models run in a thread first: a slow first run must not stall the loop.
@@ -212,10 +205,7 @@ class GeventExecutor:
             outputs, error, seconds = self._wait(done, stop)
         if error is not None:
             raise error
-        if joined is not None:
-            seconds = self.clock() - joined
         estimate.update(seconds, rows)
-        lane.runs_since_batch = 0 if together else lane.runs_since_batch + 1
         return outputs
 
     def forget(self, owners: set[int]) -> None:
@@ -271,6 +261,7 @@ class GeventExecutor:
             else:
                 kept.append(request)
         lane.pending.extendleft(reversed(kept))
+        lane.taken(self.clock(), rows, len(batch) > 1, bool(lane.pending))
         return batch
 
     def _run_batch(self, runner: Runner, lane: Lane, batch: list[Request]) -> None:
@@ -295,11 +286,10 @@ class GeventExecutor:
     def _run_together(self, runner: Runner, lane: Lane, batch: list[Request]) -> bool:
         """One run for the whole batch; ``False`` if it must be run one by one instead."""
         try:
-            joined = self.clock()
             names = batch[0].feeds
             feeds = {name: np.concatenate([r.feeds[name] for r in batch]) for name in names}
             rows = sum(request.rows for request in batch)
-            outputs = self._execute(runner, lane, feeds, rows, together=True, joined=joined)
+            outputs = self._execute(runner, lane, feeds, rows, together=True)
             split = _split(outputs, batch)
         except Exception:  # noqa: BLE001 - retried one by one: each gets its own error
             return False
