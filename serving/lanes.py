@@ -70,8 +70,8 @@ class Lane:
 
     pending: deque[Request] = field(default_factory=deque)
     dispatchers: int = 0
-    #: Seconds per row of a run, as the event loop waits for it: whether the next run is
-    #: short enough to make inline.
+    #: Seconds per row of a lone run and of a batched one: whether the next run is short
+    #: enough to make inline.
     alone: Estimate = field(default_factory=Estimate)
     together: Estimate = field(default_factory=Estimate)
     #: Seconds per row from one take from a busy queue to the next, everything the worker did
@@ -89,8 +89,8 @@ class Lane:
         Both are measured as the worker serves, from one take to the next while requests
         queue, so that all a batch saves or costs counts: the run, joining its inputs, and the
         request handling around it, which runs on caches a large model's run has evicted once
-        per run (a conv net serves 10-20% more requests in batches, though its batched runs
-        cost as much per row as lone ones). Until both are measured, the takes go a few each
+        per run (a conv net serves 15-24% more requests in batches, though its batched runs
+        cost about as much per row as lone ones). Until both are measured, the takes go a few each
         way in turn; after, a few in every :data:`EXPLORE_EVERY` go the other way.
         """
         self.takes += 1
