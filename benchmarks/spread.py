@@ -163,12 +163,13 @@ def main() -> None:
         help="compare with this server as imported from DIR, instead of the hand-written app",
     )
     arguments = parser.parse_args()
-    sources: dict[str, Path | None] = {OURS: None}
+    # Each server's label in the report: which server run.start starts, and from where.
+    contenders: dict[str, tuple[str, Path | None]] = {OURS: (OURS, None)}
     if arguments.against is None:
-        sources[SERVERS[1]] = None
+        contenders[SERVERS[1]] = (SERVERS[1], None)
     else:
-        sources[f"{OURS} from {arguments.against}"] = arguments.against.resolve()
-    servers = (OURS, list(sources)[1])
+        contenders[f"{OURS} from {arguments.against}"] = (OURS, arguments.against.resolve())
+    servers = (OURS, list(contenders)[1])
     cell = (arguments.model, arguments.content_type, arguments.content_type)
     work = Path(tempfile.mkdtemp(prefix="serving-spread-"))
     model_dir = work / arguments.model
@@ -186,8 +187,8 @@ def main() -> None:
         order = servers if number % 2 == 0 else servers[::-1]
         for label in order:
             log = work / f"{number}-{servers.index(label)}.log"
-            kind = OURS if label.startswith(OURS) else label
-            with run.start(kind, model_dir, log, source=sources[label]) as server:
+            kind, source = contenders[label]
+            with run.start(kind, model_dir, log, source=source) as server:
                 server.name = label
                 for clients in arguments.clients:
                     sample = measure(server, cell, clients, body_file, arguments.seconds, number)
